@@ -1,0 +1,3 @@
+"""Inferegator: an OpenAI-compatible inference gateway for fleets of SGLang GPU runtimes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,31 @@
+"""The `inferegator` command: one subcommand per job (sim; later serve, check-config, keys...)."""
+
+import argparse
+import sys
+
+from . import __version__
+from .simulator import command as sim_command
+
+SUBCOMMANDS = (sim_command,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inferegator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"inferegator {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

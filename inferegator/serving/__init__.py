@@ -1,0 +1,1 @@
+"""HTTP serving pieces shared by the gateway and the simulator: gunicorn embedding, SSE, disconnects."""

@@ -1,0 +1,24 @@
+"""Embedded gunicorn with gevent workers; the WSGI app is built in load(), after gevent patched."""
+
+from gunicorn.app.base import BaseApplication
+
+
+class EmbeddedGunicorn(BaseApplication):
+    """Serve the app made by ``app_factory()`` with the given gunicorn settings.
+
+    ``app_factory`` runs inside each worker (gevent's monkey patching has happened by then),
+    so nothing that opens sockets or spawns greenlets is built in the master.
+    """
+
+    def __init__(self, app_factory, options: dict):
+        self._app_factory = app_factory
+        self._options = {"worker_class": "gevent", "accesslog": None, **options}
+        super().__init__()
+
+    def load_config(self):
+        for key, value in self._options.items():
+            if value is not None or key == "accesslog":
+                self.cfg.set(key, value)
+
+    def load(self):
+        return self._app_factory()

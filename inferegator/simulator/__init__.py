@@ -1,0 +1,1 @@
+"""An SGLang-compatible runtime simulator for machines without GPUs (`inferegator sim`)."""

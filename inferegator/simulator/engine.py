@@ -1,0 +1,297 @@
+"""The simulated inference engine: running cap, FIFO queue, prefill and decode timing, cache.
+
+Each request runs in its own greenlet (the one serving its HTTP request) through
+``Engine.generate``; the engine's shared state is only touched between gevent
+switches, so it needs no locks.
+"""
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import Event
+
+from .metrics import LATENCY_BOUNDS, Histogram
+from .prefix_cache import PrefixCache
+from .textgen import TextGenerator
+
+
+EOS_TOKEN_ID = 128009  # what SGLang reports as finish_reason.matched for an EOS stop
+
+
+class Aborted(Exception):
+    """The request was aborted (client gone, /abort_request) before it finished."""
+
+
+class ContextTooLong(ValueError):
+    """Prompt plus requested tokens do not fit the context window."""
+
+
+@dataclass
+class SamplingParams:
+    """The sampling parameters the simulator honours (others are accepted and ignored)."""
+
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    ignore_eos: bool = False
+
+
+@dataclass(eq=False)
+class SimRequest:
+    """One generation and everything measured about it."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    rid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    arrived: float = 0.0
+    scheduled: float = 0.0
+    first_token: float = 0.0
+    finished: float = 0.0
+    cached_tokens: int = 0
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: dict | None = None
+    aborted: Event = field(default_factory=Event)
+    admitted: Event = field(default_factory=Event)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.output_ids)
+
+    def meta_info(self) -> dict:
+        """SGLang's meta_info, plus the simulator's own timestamps (wall clock, seconds)."""
+        return {
+            "id": self.rid,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "e2e_latency": round(self.finished - self.arrived, 6) if self.finished else None,
+            "sim_timestamps": {"arrived": self.arrived, "scheduled": self.scheduled,
+                               "first_token": self.first_token, "finished": self.finished},
+        }
+
+
+class Engine:
+    """Schedules, times and generates simulated requests; keeps load and cache statistics."""
+
+    def __init__(self, settings, clock=time.time):
+        self.settings = settings
+        self.clock = clock
+        self.cache = PrefixCache(settings.cache_capacity_tokens, settings.page_size)
+        self.running: dict[str, SimRequest] = {}
+        self.waiting: deque[SimRequest] = deque()
+        self.live: dict[str, SimRequest] = {}
+        self.counters = dict.fromkeys(
+            ("prompt_tokens_total", "generation_tokens_total", "cached_tokens_total",
+             "num_requests_total", "num_aborted_requests_total"), 0)
+        self.histograms = {name: Histogram(LATENCY_BOUNDS) for name in (
+            "time_to_first_token_seconds", "inter_token_latency_seconds",
+            "e2e_request_latency_seconds", "queue_time_seconds")}
+        self._recent_tokens: deque[tuple[int, int]] = deque()  # (second, tokens) for throughput
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def _acquire(self, req: SimRequest) -> None:
+        if len(self.running) < self.settings.max_running_requests and not self.waiting:
+            self.running[req.rid] = req
+            return
+        self.waiting.append(req)
+        gevent.wait([req.admitted, req.aborted], count=1)
+        if not req.admitted.is_set():
+            self.waiting.remove(req)
+            raise Aborted(req.rid)
+
+    def _release(self, req: SimRequest) -> None:
+        if self.running.pop(req.rid, None) is None:
+            return
+        while self.waiting and len(self.running) < self.settings.max_running_requests:
+            nxt = self.waiting.popleft()
+            if not nxt.aborted.is_set():
+                self.running[nxt.rid] = nxt
+                nxt.admitted.set()
+
+    def _pause(self, req: SimRequest, seconds: float) -> None:
+        if req.aborted.is_set() or (seconds > 0 and req.aborted.wait(seconds)):
+            raise Aborted(req.rid)
+
+    def abort(self, rid: str) -> bool:
+        """Abort a waiting or running request; True if it was found."""
+        req = self.live.get(rid)
+        if req is None:
+            return False
+        req.aborted.set()
+        return True
+
+    def abort_all(self) -> int:
+        for req in list(self.live.values()):
+            req.aborted.set()
+        return len(self.live)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int | None) -> None:
+        """Raise ContextTooLong when a request cannot fit the context window."""
+        limit = self.settings.context_length
+        wanted = prompt_tokens + (max_new_tokens or 0)
+        if prompt_tokens >= limit or wanted > limit:
+            raise ContextTooLong(
+                f"Requested token count exceeds the model's maximum context length of {limit} "
+                f"tokens. You requested a total of {wanted} tokens: {prompt_tokens} tokens "
+                f"from the input messages and {max_new_tokens or 0} tokens for the completion. "
+                f"Please reduce the number of tokens in the input messages or the completion "
+                f"to fit within the limit.")
+
+    def generate(self, req: SimRequest):
+        """Run one request to the end.
+
+        Yields one text delta per generated token ("" while a possible stop string is
+        held back). Raises Aborted if the request is aborted; the request leaves the running batch
+        (and the queue) at once either way.
+        """
+        s = self.settings
+        if req.rid in self.live:
+            req.rid = f"{req.rid}-{uuid.uuid4().hex[:8]}"
+        req.arrived = self.clock()
+        self.live[req.rid] = req
+        locked = []
+        try:
+            self._acquire(req)
+            req.scheduled = self.clock()
+            locked = self.cache.match(req.prompt_ids)
+            self.cache.lock(locked)
+            req.cached_tokens = len(locked) * self.cache.page_size
+            self._pause(req, 0.0 if s.instant
+                        else (req.prompt_tokens - req.cached_tokens) / s.prefill_tokens_per_s)
+            full_path = self.cache.insert(req.prompt_ids)
+            self.cache.lock(full_path)
+            self.cache.unlock(locked)
+            locked = full_path
+            self.cache.evict()
+            yield from self._decode(req)
+            req.finished = self.clock()
+            self._record_finished(req)
+        except Aborted:
+            req.finished = self.clock()
+            req.finish_reason = {"type": "abort", "message": "Abort request " + req.rid}
+            self.counters["num_aborted_requests_total"] += 1
+            raise
+        finally:
+            self.cache.unlock(locked)
+            if req.output_ids:
+                # Like SGLang, keep the whole sequence so a conversation's next turn hits.
+                self.cache.insert(req.prompt_ids + req.output_ids)
+                self.cache.evict()
+            self.live.pop(req.rid, None)
+            self._release(req)
+
+    def _decode(self, req: SimRequest):
+        s = self.settings
+        p = req.params
+        limit = p.max_new_tokens
+        if limit is None:
+            limit = s.context_length - req.prompt_tokens
+        gen = TextGenerator(req.prompt_ids, p.seed, s.output_tokens_min, s.output_tokens_max)
+        eos_at = None if p.ignore_eos else gen.natural_length
+        full = visible = ""
+        previous = req.scheduled
+        while True:
+            if len(req.output_ids) == eos_at:
+                req.finish_reason = {"type": "stop", "matched": EOS_TOKEN_ID}
+                break
+            if len(req.output_ids) >= limit:
+                req.finish_reason = {"type": "length", "length": limit}
+                break
+            self._pause(req, 0.0 if s.instant else s.decode_ms_per_token / 1000.0
+                        * (1.0 + s.decode_batch_slope * (len(self.running) - 1)))
+            text, tid = gen.next_token()
+            req.output_ids.append(tid)
+            now = self.clock()
+            if req.first_token:
+                self.histograms["inter_token_latency_seconds"].observe(now - previous)
+            else:
+                req.first_token = now
+            previous = now
+            full += text
+            shown = len(visible)
+            visible, stop = _apply_stops(full, len(full) - len(text), p.stop)
+            yield visible[shown:]
+            if stop is not None:
+                req.finish_reason = {"type": "stop", "matched": stop}
+                req.text = visible
+                return
+        if len(full) > len(visible):
+            yield full[len(visible):]  # a held-back partial stop string that never completed
+        req.text = full
+
+    def _record_finished(self, req: SimRequest) -> None:
+        c = self.counters
+        c["num_requests_total"] += 1
+        c["prompt_tokens_total"] += req.prompt_tokens
+        c["cached_tokens_total"] += req.cached_tokens
+        c["generation_tokens_total"] += req.completion_tokens
+        h = self.histograms
+        h["queue_time_seconds"].observe(req.scheduled - req.arrived)
+        h["e2e_request_latency_seconds"].observe(req.finished - req.arrived)
+        if req.first_token:
+            h["time_to_first_token_seconds"].observe(req.first_token - req.arrived)
+        second = int(req.finished)
+        if self._recent_tokens and self._recent_tokens[-1][0] == second:
+            self._recent_tokens[-1] = (second, self._recent_tokens[-1][1] + req.completion_tokens)
+        else:
+            self._recent_tokens.append((second, req.completion_tokens))
+
+    # -- observation ----------------------------------------------------------------------
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """Cached prompt tokens over prompt tokens, for finished requests since the last flush."""
+        prompt = self.counters["prompt_tokens_total"]
+        return self.counters["cached_tokens_total"] / prompt if prompt else 0.0
+
+    @property
+    def gen_throughput(self) -> float:
+        """Generated tokens per second over the last 5 seconds."""
+        horizon = int(self.clock()) - 5
+        while self._recent_tokens and self._recent_tokens[0][0] < horizon:
+            self._recent_tokens.popleft()
+        return sum(n for _, n in self._recent_tokens) / 5.0
+
+    def used_tokens(self) -> int:
+        """KV tokens held by running requests."""
+        return sum(r.prompt_tokens + r.completion_tokens for r in self.running.values())
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache; refused (False) while requests are live, as in SGLang."""
+        if self.live:
+            return False
+        self.cache.flush()
+        self.counters["prompt_tokens_total"] = self.counters["cached_tokens_total"] = 0
+        return True
+
+
+def _apply_stops(text: str, new_from: int, stops: tuple[str, ...]):
+    """Cut text at the first stop string; otherwise hold back a possible partial stop.
+
+    Returns (text safe to show, matched stop or None).
+    """
+    if not stops:
+        return text, None
+    for stop in stops:
+        at = text.find(stop, max(0, new_from - len(stop) + 1))
+        if at >= 0:
+            return text[:at], stop
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return text[:len(text) - hold], None
