@@ -1,1 +1,1 @@
-"""HTTP serving pieces shared by the gateway and the simulator: gunicorn embedding, SSE, disconnects."""
+"""HTTP serving pieces shared by the gateway and the simulator."""

@@ -1,19 +1,24 @@
 """The simulator's Falcon app: SGLang's HTTP surface over one simulated engine."""
 
 import datetime
-from http import HTTPStatus
 import logging
 import time
+from http import HTTPStatus
 
 import falcon
 
-from .. import __version__
 from . import metrics
 from .engine import Engine
 from .faults import FaultInjector
 from .generation import GenerationRunner, native_result
-from .protocol import (ChatChunks, CompletionChunks, SGLangError, chat_completion, model_card,
-                       text_completion)
+from .protocol import (
+    ChatChunks,
+    CompletionChunks,
+    SGLangError,
+    chat_completion,
+    model_card,
+    text_completion,
+)
 from .requests_in import parse_chat, parse_completion, parse_generate, parse_json
 
 log = logging.getLogger("inferegator.sim")
@@ -253,7 +258,8 @@ def _http_error(req, resp, exc, params):
 def _unexpected_error(req, resp, exc, params):
     log.exception("unhandled error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = SGLangError(500, f"Internal server error: {exc}", type="InternalServerError").body()
+    resp.media = SGLangError(500, f"Internal server error: {exc}",
+                             type="InternalServerError").body()
 
 
 def create_app(settings, clock=time.time) -> falcon.App:

@@ -18,6 +18,14 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def ready_banner(settings) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    return (f"SGLang-compatible simulator serving {settings.model!r} at {url}\n"
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"model\": \"{settings.model}\", "
+            f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'")
+
+
 def run(args) -> int:
     try:
         settings = from_arguments(args)
@@ -40,6 +48,7 @@ def run(args) -> int:
         "timeout": 0,
         "keepalive": 75,
         "proc_name": f"inferegator-sim:{settings.port}",
+        "when_ready": lambda server: print(ready_banner(settings), flush=True),
     }
     EmbeddedGunicorn(app_factory, options).run()
     return 0

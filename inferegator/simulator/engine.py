@@ -17,7 +17,6 @@ from .metrics import LATENCY_BOUNDS, Histogram
 from .prefix_cache import PrefixCache
 from .textgen import TextGenerator
 
-
 EOS_TOKEN_ID = 128009  # what SGLang reports as finish_reason.matched for an EOS stop
 
 

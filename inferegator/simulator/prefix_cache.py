@@ -7,17 +7,19 @@ by running requests are locked and never evicted; unlocked leaves go
 least-recently-used first once the cached tokens exceed the capacity.
 """
 
-from collections import OrderedDict
+import heapq
+import itertools
 
 
 class _Node:
-    __slots__ = ("key", "parent", "children", "locks")
+    __slots__ = ("key", "parent", "children", "locks", "tick")
 
-    def __init__(self, key, parent):
+    def __init__(self, key, parent, tick):
         self.key = key
         self.parent = parent
         self.children = 0
         self.locks = 0
+        self.tick = tick
 
 
 class PrefixCache:
@@ -26,7 +28,8 @@ class PrefixCache:
     def __init__(self, capacity_tokens: int, page_size: int):
         self.capacity_tokens = capacity_tokens
         self.page_size = page_size
-        self._nodes: OrderedDict = OrderedDict()  # key -> _Node, least recently used first
+        self._nodes: dict = {}  # chained block key -> _Node
+        self._clock = itertools.count()  # access ticks: higher is more recent
         self.evicted_tokens = 0
 
     @property
@@ -45,11 +48,12 @@ class PrefixCache:
         """The cached nodes covering the longest cached prefix of ids (touching them)."""
         path = []
         nodes = self._nodes
+        tick = next(self._clock)
         for key in self._keys(ids):
             node = nodes.get(key)
             if node is None:
                 break
-            nodes.move_to_end(key)
+            node.tick = tick
             path.append(node)
         return path
 
@@ -58,14 +62,15 @@ class PrefixCache:
         path = []
         nodes = self._nodes
         parent = None
+        tick = next(self._clock)
         for key in self._keys(ids):
             node = nodes.get(key)
             if node is None:
-                node = nodes[key] = _Node(key, parent)
+                node = nodes[key] = _Node(key, parent, tick)
                 if parent is not None:
                     parent.children += 1
             else:
-                nodes.move_to_end(key)
+                node.tick = tick
             path.append(node)
             parent = node
         return path
@@ -84,21 +89,24 @@ class PrefixCache:
 
     def evict(self) -> int:
         """Evict unlocked leaves, least recently used first, until within capacity."""
-        evicted = 0
         nodes = self._nodes
-        while len(nodes) * self.page_size > self.capacity_tokens:
-            victims = [n for n in nodes.values() if n.children == 0 and n.locks == 0]
-            if not victims:
-                break  # everything left is in use
-            for node in victims:
-                if len(nodes) * self.page_size <= self.capacity_tokens:
-                    break
-                del nodes[node.key]
-                if node.parent is not None:
-                    node.parent.children -= 1
-                evicted += self.page_size
-        self.evicted_tokens += evicted
-        return evicted
+        excess = len(nodes) - self.capacity_tokens // self.page_size
+        if excess <= 0:
+            return 0
+        heap = [(n.tick, id(n), n) for n in nodes.values() if n.children == 0 and n.locks == 0]
+        heapq.heapify(heap)
+        evicted = 0
+        while evicted < excess and heap:
+            _, _, node = heapq.heappop(heap)
+            del nodes[node.key]
+            evicted += 1
+            parent = node.parent
+            if parent is not None:
+                parent.children -= 1
+                if parent.children == 0 and parent.locks == 0:
+                    heapq.heappush(heap, (parent.tick, id(parent), parent))
+        self.evicted_tokens += evicted * self.page_size
+        return evicted * self.page_size
 
     def flush(self) -> None:
         """Drop everything (SGLang's /flush_cache, only allowed when idle)."""

@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_arguments(args: argparse.Namespace) -> SimSettings:
     """Build settings from parsed flags, rejecting values that cannot work."""
-    settings = SimSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SimSettings)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SimSettings)}
+    settings = SimSettings(**values)
     problems = []
     if settings.max_running_requests < 1:
         problems.append("--max-running-requests must be at least 1")

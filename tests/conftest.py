@@ -1,0 +1,28 @@
+"""Shared fixtures: real simulator processes on free ports."""
+
+import pytest
+
+from tests.support.processes import Simulator
+
+
+@pytest.fixture(scope="session")
+def sim():
+    """One instant-mode simulator shared by tests that only read its answers."""
+    server = Simulator("--instant")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_sim():
+    """Start simulators with given flags; all are stopped after the test."""
+    started = []
+
+    def start(*flags, **kwargs):
+        server = Simulator(*flags, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
