@@ -4,9 +4,10 @@ import argparse
 import sys
 
 from . import __version__
+from .gateway import command as gateway_command
 from .simulator import command as sim_command
 
-SUBCOMMANDS = (sim_command,)
+SUBCOMMANDS = (gateway_command, sim_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ write. A watcher greenlet waits for the client socket to turn readable: once the
 request body has been read, readable with nothing to read means the peer closed.
 """
 
+import errno
 import socket
 
 import gevent
@@ -36,3 +37,38 @@ def _watch(sock, on_disconnect):
 
 def _noop():
     pass
+
+
+class ClientDisconnected(ConnectionResetError):
+    """Raised into a request's greenlet when its client hangs up while it waits upstream.
+
+    A ConnectionResetError, so that if it lands in gunicorn's own write path instead,
+    gunicorn treats it as the ordinary reset it is.
+    """
+
+    def __init__(self):
+        super().__init__(errno.ECONNRESET, "client disconnected")
+
+
+class ClientWatch:
+    """Interrupts the current greenlet's upstream wait when the client goes away.
+
+    Set ``waiting = True`` around blocking upstream reads; outside them a departed
+    client only sets ``gone`` (the next write to it fails on its own).
+    """
+
+    __slots__ = ("gone", "waiting", "_greenlet", "_stop")
+
+    def __init__(self, environ):
+        self.gone = False
+        self.waiting = False
+        self._greenlet = gevent.getcurrent()
+        self._stop = watch_disconnect(environ, self._on_gone)
+
+    def _on_gone(self):
+        self.gone = True
+        if self.waiting:
+            gevent.kill(self._greenlet, ClientDisconnected())
+
+    def close(self):
+        self._stop()

@@ -97,3 +97,17 @@ def wait_until(predicate, timeout: float, interval: float = 0.01):
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+class GatewayServer(ServerProcess):
+    """A running `inferegator serve` on a free port, with the given YAML (bind is set here)."""
+
+    def __init__(self, config_dir, yaml_text: str, *flags, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = os.path.join(str(config_dir), f"gateway-{self.port}.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(yaml_text)
+        argv = [os.path.join(BIN, "inferegator"), "serve", "--config", self.config_path,
+                "--bind", f"127.0.0.1:{self.port}", "--log-level", "warning", *flags]
+        super().__init__(argv, self.url + "/health", env=env)

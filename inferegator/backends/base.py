@@ -1,0 +1,103 @@
+"""The backend adapter contract, with pooled HTTP, health state and error translation.
+
+A backend type (``sglang``, ``openai``, a plugin's own) subclasses BackendAdapter and
+says where its endpoints are, how to authenticate and how to probe health.
+"""
+
+import json
+import time
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ..errors import GatewayError
+
+RETRYABLE_STATUSES = frozenset((429, 500, 502, 503, 504))
+
+
+def pooled_session(pool_size: int) -> requests.Session:
+    """A keep-alive session whose pool holds pool_size connections; no hidden retries."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.trust_env = False  # no proxies or netrc lookups on the hot path
+    return session
+
+
+class BackendAdapter:
+    """One upstream server serving one model."""
+
+    type_name = "base"
+
+    def __init__(self, config, model_id: str):
+        self.config = config
+        self.url = config.url.rstrip("/")
+        self.upstream_model = config.model or model_id
+        self.role = config.role
+        self.weight = config.weight
+        self.name = f"{config.type}:{self.url}"
+        self.timeout = (config.connect_timeout_s, config.read_timeout_s)
+        self.session = pooled_session(config.pool_size)
+        self.healthy = True  # optimistic until a probe or a request says otherwise
+        self.in_flight = 0
+        self.last_failure = 0.0
+
+    # -- what a backend type defines ------------------------------------------------------
+
+    def endpoint_url(self, endpoint: str) -> str:
+        """The URL of the chat ("chat") or completions ("completions") endpoint."""
+        raise NotImplementedError
+
+    def health_url(self) -> str:
+        raise NotImplementedError
+
+    def auth_headers(self) -> dict:
+        return {}
+
+    def discover(self) -> dict:
+        """Facts the backend reports about itself, e.g. {"context_length": 131072}."""
+        return {}
+
+    # -- shared behaviour -----------------------------------------------------------------
+
+    def post(self, endpoint: str, body: dict, headers: dict, stream: bool) -> requests.Response:
+        """Send one generation request; raises requests exceptions on transport failure."""
+        return self.session.post(self.endpoint_url(endpoint), data=json.dumps(body),
+                                 headers={**headers, **self.auth_headers(),
+                                          "Content-Type": "application/json"},
+                                 stream=stream, timeout=self.timeout)
+
+    def probe(self, timeout: float = 2.0) -> bool:
+        """Active health check: True if the health URL answers 200."""
+        try:
+            resp = self.session.get(self.health_url(), headers=self.auth_headers(),
+                                    timeout=timeout)
+            resp.close()
+            return resp.status_code == 200
+        except requests.RequestException:
+            return False
+
+    def mark_failed(self) -> None:
+        """Passive health: a transport failure or 5xx takes the backend out until a probe."""
+        self.healthy = False
+        self.last_failure = time.monotonic()
+
+    def translate_error(self, status: int, content: bytes) -> GatewayError:
+        """An upstream error in OpenAI's shape, from SGLang's flat or OpenAI's nested form."""
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            body = error
+        if not isinstance(body, dict):
+            body = {"message": content.decode(errors="replace")[:500] or f"HTTP {status}"}
+        code = body.get("code")
+        kind = body.get("type")
+        if not isinstance(kind, str) or kind in ("BadRequestError", "BadRequest") or \
+                kind.isdigit():
+            kind = "invalid_request_error" if status < 500 else "server_error"
+        return GatewayError(status, str(body.get("message") or f"HTTP {status}"), kind,
+                            code if isinstance(code, str) else None, body.get("param"))

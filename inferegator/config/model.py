@@ -1,0 +1,71 @@
+"""The validated configuration, as the rest of Inferegator sees it (built by config.loader)."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1:8080"
+    workers: int = 1
+    worker_connections: int = 1000
+    max_body_bytes: int = 10 * 1024 * 1024
+    graceful_timeout_s: float = 30.0
+    health_check_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """USD per 1M tokens."""
+
+    prompt: float = 0.0
+    completion: float = 0.0
+    cached_prompt: float = 0.0
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str
+    url: str
+    api_key: str | None = None
+    model: str | None = None  # the upstream's name for the model; None: the public id
+    weight: float = 1.0
+    role: str = "primary"  # primary | fallback
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 300.0
+    pool_size: int = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    id: str
+    backends: tuple[BackendConfig, ...]
+    owned_by: str = "inferegator"
+    context_length: int | None = None
+    pricing: Pricing = field(default_factory=Pricing)
+    capabilities: tuple[str, ...] = ("chat", "completions", "streaming")
+    routing: str = "round_robin"
+    default_max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    name: str
+    command: tuple[str, ...]
+    health: str | None = None
+    restart: bool = True
+    env: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    models: tuple[ModelConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    runtimes: tuple[RuntimeConfig, ...] = ()
+    plugins: dict = field(default_factory=dict)  # plugin name -> its own settings

@@ -1,0 +1,76 @@
+"""Every error the gateway answers, in OpenAI's shape: one mapping from cause to status/type/code.
+
+``{"error": {"message", "type", "param", "code"}}`` with the HTTP status that the
+openai SDK maps to its matching exception (400 BadRequestError, 401
+AuthenticationError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerError).
+"""
+
+import json
+
+
+class GatewayError(Exception):
+    """An error answered to the client in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type: str, code: str | None = None,
+                 param: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+    def sse_event(self) -> bytes:
+        """The error as one SSE event, for failures after a stream has started."""
+        return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
+
+
+def invalid_request(message: str, param: str | None = None,
+                    code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def invalid_api_key(message: str = "Incorrect API key provided.") -> GatewayError:
+    return GatewayError(401, message, "invalid_request_error", "invalid_api_key",
+                        headers={"WWW-Authenticate": 'Bearer realm="inferegator"'})
+
+
+def model_not_found(model: str) -> GatewayError:
+    return GatewayError(404, f"The model '{model}' does not exist or you do not have access "
+                             "to it.", "invalid_request_error", "model_not_found", "model")
+
+
+def not_found(path: str) -> GatewayError:
+    return GatewayError(404, f"Unknown request URL: {path}. Please check the URL for typos.",
+                        "invalid_request_error", "unknown_url")
+
+
+def method_not_allowed(method: str, path: str) -> GatewayError:
+    return GatewayError(405, f"Method {method} is not allowed on {path}.",
+                        "invalid_request_error", "method_not_allowed")
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The request body exceeds the limit of {limit} bytes.",
+                        "invalid_request_error", "request_too_large")
+
+
+def model_unavailable(model: str) -> GatewayError:
+    return GatewayError(503, f"The model '{model}' is temporarily unavailable: no healthy "
+                             "backend. Please retry shortly.", "server_error",
+                        "model_unavailable")
+
+
+def upstream_failed(detail: str = "") -> GatewayError:
+    message = "The model backend failed while answering."
+    return GatewayError(502, f"{message} {detail}".strip(), "server_error", "upstream_error")
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "The server had an error while processing your request.",
+                        "server_error", "internal_error")

@@ -1,0 +1,124 @@
+"""`inferegator serve` and `inferegator check-config`."""
+
+import os
+import sys
+
+DEFAULT_CONFIG = "config/inferegator.yaml"
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="Run the gateway (gunicorn with gevent workers).",
+        description="Serve the OpenAI-compatible gateway described by a YAML config, and "
+                    "start and supervise the runtimes it lists.")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help="YAML configuration file "
+                       f"(default: {DEFAULT_CONFIG})")
+    serve.add_argument("--bind", help="host:port, overrides server.bind")
+    serve.add_argument("--workers", type=int, help="overrides server.workers")
+    serve.add_argument("--worker-connections", type=int,
+                       help="overrides server.worker_connections")
+    serve.add_argument("--log-level", default="info", help="gunicorn log level")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(handler=run_serve)
+
+    check = subparsers.add_parser(
+        "check-config", help="Validate a YAML configuration and print its catalog.")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.set_defaults(handler=run_check_config)
+
+
+def _load(path):
+    from ..config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"inferegator: invalid configuration:\n{exc}", file=sys.stderr)
+        return None
+
+
+def run_check_config(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    from ..plugin_manager import get_plugin_manager
+    from .core import Gateway, GatewayBuildError
+
+    try:
+        gateway = Gateway(config, get_plugin_manager())
+    except GatewayBuildError as exc:
+        print(f"inferegator: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: OK")
+    for model in gateway.catalog.models.values():
+        p = model.pricing
+        print(f"  {model.id}  (routing {model.config.routing}; context "
+              f"{model.context_length or 'from backend'}; USD/1M prompt {p.prompt}, "
+              f"completion {p.completion}, cached {p.cached_prompt})")
+        for backend in model.backends:
+            print(f"    - {backend.role:8} {backend.name} as {backend.upstream_model!r}")
+    for runtime in config.runtimes:
+        print(f"  runtime {runtime.name}: {' '.join(runtime.command)}")
+    return 0
+
+
+def banner(config) -> str:
+    host, _, port = config.server.bind.rpartition(":")
+    url = f"http://{host or '127.0.0.1'}:{port}"
+    model = config.models[0].id
+    key = config.auth.keys[0] if config.auth.keys else "sk-inf-YOUR_KEY"
+    return (f"Inferegator gateway on {url}/v1  (models: "
+            f"{', '.join(m.id for m in config.models)})\n"
+            f"  API key: {key}\n"
+            f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
+            f"\"content\": \"Hello!\"}}]}}'")
+
+
+def run_serve(args) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 2
+    from ..runtimes import RuntimeSupervisor
+    from ..serving.gunicorn_app import EmbeddedGunicorn
+
+    server = config.server
+    # Runtimes may name this installation's own `inferegator` or `python`.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get(
+        "PATH", "")
+    supervisor = RuntimeSupervisor(list(config.runtimes))
+    state = {}
+
+    def app_factory():
+        from ..plugin_manager import get_plugin_manager
+        from .app import create_app
+        from .core import Gateway
+
+        gateway = state["gateway"] = Gateway(config, get_plugin_manager())
+        gateway.start_health_checks()
+        gateway.hook.inferegator_startup(gateway=gateway)
+        return create_app(gateway)
+
+    def worker_exit(arbiter, worker):
+        gateway = state.get("gateway")
+        if gateway is not None:
+            gateway.stop()
+            gateway.hook.inferegator_shutdown(gateway=gateway)
+
+    options = {
+        "bind": args.bind or server.bind,
+        "workers": args.workers or server.workers,
+        "worker_connections": args.worker_connections or server.worker_connections,
+        "graceful_timeout": int(server.graceful_timeout_s),
+        "keepalive": 75,
+        "loglevel": args.log_level,
+        "accesslog": "-" if args.access_log else None,
+        "proc_name": "inferegator",
+        "on_starting": lambda arbiter: supervisor.start(),
+        "when_ready": lambda arbiter: print(banner(config), flush=True),
+        "worker_exit": worker_exit,
+        "on_exit": lambda arbiter: supervisor.stop(),
+    }
+    EmbeddedGunicorn(app_factory, options).run()
+    return 0

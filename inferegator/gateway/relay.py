@@ -1,0 +1,97 @@
+"""Relay an upstream answer to the client: JSON rewritten once, SSE event by event as it comes.
+
+Per streamed event the relay does the least that is correct: rename the model,
+notice (and keep or drop) the usage event, translate an error event, and pass
+everything else on as the bytes that arrived.
+"""
+
+import json
+
+from ..errors import GatewayError
+
+_DONE = b"data: [DONE]"
+
+
+def clean_usage(usage: dict) -> dict:
+    """OpenAI's usage object: SGLang writes null details, which OpenAI omits."""
+    return {k: v for k, v in usage.items() if v is not None}
+
+
+def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, dict | None]:
+    """A non-streamed answer with the public model id; returns (bytes, usage)."""
+    body = json.loads(content)
+    body["model"] = public_model
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        usage = body["usage"] = clean_usage(usage)
+    body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
+    return json.dumps(body, separators=(",", ":")).encode(), usage
+
+
+class SSERelay:
+    """Turns upstream SSE bytes into the events to send to the client."""
+
+    __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "usage", "error",
+                 "done", "content_events")
+
+    def __init__(self, upstream_model: str, public_model: str, include_usage: bool):
+        self._buffer = b""
+        self._public = public_model
+        self._include_usage = include_usage
+        if upstream_model == public_model:
+            self._replacements = ()
+        else:
+            up, pub = json.dumps(upstream_model).encode(), json.dumps(public_model).encode()
+            self._replacements = ((b'"model":' + up, b'"model":' + pub),
+                                  (b'"model": ' + up, b'"model": ' + pub))
+        self.usage = None
+        self.error = None
+        self.done = False
+        self.content_events = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Events (complete, with their blank line) ready to send for this piece of input."""
+        if self._buffer:
+            data = self._buffer + data
+        if data.endswith(b"\n\n") and data.count(b"\n\n") == 1:  # the usual: one whole event
+            self._buffer = b""
+            out = self._event(data)
+            return [out] if out else []
+        *events, self._buffer = data.split(b"\n\n")
+        out = []
+        for event in events:
+            piece = self._event(event + b"\n\n")
+            if piece:
+                out.append(piece)
+        return out
+
+    def _event(self, event: bytes) -> bytes | None:
+        if event.startswith(_DONE):
+            self.done = True
+            return event
+        if event.startswith(b'data: {"error"'):
+            self.error = self._translate_error(event)
+            return self.error.sse_event()
+        if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
+            chunk = json.loads(event[len(b"data: "):])
+            self.usage = clean_usage(chunk["usage"])
+            if not self._include_usage:
+                return None
+            chunk["usage"] = self.usage
+            chunk["model"] = self._public
+            return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        for old, new in self._replacements:
+            if old in event:
+                event = event.replace(old, new, 1)
+                break
+        self.content_events += 1
+        return event
+
+    @staticmethod
+    def _translate_error(event: bytes) -> GatewayError:
+        try:
+            error = json.loads(event[len(b"data: "):])["error"]
+            message = str(error.get("message") or "upstream error")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message = "upstream error"
+        return GatewayError(502, message, "server_error", "upstream_error")

@@ -1,0 +1,30 @@
+"""The ``openai`` backend type: any OpenAI-compatible server (vLLM, llama.cpp, a provider)."""
+
+from inferegator import hookimpl
+from inferegator.backends.base import BackendAdapter
+
+_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+
+
+class OpenAIBackend(BackendAdapter):
+    """``url`` is the API base including /v1, e.g. https://api.example.com/v1."""
+
+    type_name = "openai"
+
+    def __init__(self, config, model_id: str):
+        super().__init__(config, model_id)
+        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+    def endpoint_url(self, endpoint: str) -> str:
+        return self.url + _PATHS[endpoint]
+
+    def health_url(self) -> str:
+        return self.url + "/models"
+
+    def auth_headers(self) -> dict:
+        return self._auth
+
+
+@hookimpl(trylast=True)
+def inferegator_register_backends():
+    return {"openai": OpenAIBackend}

@@ -1,0 +1,38 @@
+"""The ``sglang`` backend type: an SGLang runtime's OpenAI endpoints and its own health/info."""
+
+import requests
+
+from inferegator import hookimpl
+from inferegator.backends.base import BackendAdapter
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class SGLangBackend(BackendAdapter):
+    """``url`` is the runtime's root, e.g. http://gpu-a:30000."""
+
+    type_name = "sglang"
+
+    def endpoint_url(self, endpoint: str) -> str:
+        return self.url + _PATHS[endpoint]
+
+    def health_url(self) -> str:
+        return self.url + "/health"
+
+    def discover(self) -> dict:
+        """context_length and max_running_requests from /server_info (older: /get_server_info)."""
+        for path in ("/server_info", "/get_server_info"):
+            try:
+                resp = self.session.get(self.url + path, timeout=5)
+            except requests.RequestException:
+                return {}
+            if resp.status_code == 200:
+                info = resp.json()
+                return {k: info[k] for k in ("context_length", "max_running_requests")
+                        if isinstance(info.get(k), int)}
+        return {}
+
+
+@hookimpl(trylast=True)
+def inferegator_register_backends():
+    return {"sglang": SGLangBackend}
