@@ -25,6 +25,10 @@ def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, dict | None]
     if isinstance(usage, dict):
         usage = body["usage"] = clean_usage(usage)
     body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
+    for choice in body.get("choices") or ():
+        message = choice.get("message")
+        if isinstance(message, dict):
+            message.setdefault("refusal", None)  # OpenAI requires it; SGLang omits it
     return json.dumps(body, separators=(",", ":")).encode(), usage
 
 

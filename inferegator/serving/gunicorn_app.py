@@ -12,7 +12,10 @@ class EmbeddedGunicorn(BaseApplication):
 
     def __init__(self, app_factory, options: dict):
         self._app_factory = app_factory
-        self._options = {"worker_class": "gevent", "accesslog": None, **options}
+        # One shared control socket path ($HOME/.gunicorn/gunicorn.ctl) would make several
+        # gateways and simulators on one host fight over it; we do not use it.
+        self._options = {"worker_class": "gevent", "accesslog": None,
+                         "control_socket_disable": True, **options}
         super().__init__()
 
     def load_config(self):
