@@ -31,3 +31,29 @@ def test_sim_rejects_impossible_settings_with_a_message():
 def test_no_subcommand_prints_help():
     result = run()
     assert result.returncode == 2 and "sim" in result.stdout
+
+
+def test_plugins_lists_the_builtins_and_their_hooks():
+    import json
+
+    result = run("plugins")
+    assert result.returncode == 0
+    plugins = {p["name"]: p["hooks"] for p in json.loads(result.stdout)}
+    assert "inferegator_register_backends" in plugins["backend_sglang"]
+    assert "inferegator_authenticate" in plugins["auth_static_keys"]
+
+
+def test_check_config_accepts_the_default_and_names_the_line_of_an_error(tmp_path):
+    from tests.test_readme import ROOT
+
+    ok = run("check-config", "--config", str(ROOT / "config" / "inferegator.yaml"))
+    assert ok.returncode == 0 and "meta-llama/llama-3.1-8b-instruct" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - id: m\n    backends:\n      - {type: sglang, url: nope}\n")
+    result = run("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}:4: models[0].backends[0].url" in result.stderr
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("models:\n  - id: m\n    backends:\n      - {type: tpu, url: 'http://x'}\n")
+    result = run("check-config", "--config", str(unknown))
+    assert result.returncode == 2 and "unknown backend type 'tpu'" in result.stderr

@@ -26,7 +26,7 @@ class Pricing:
 class BackendConfig:
     type: str
     url: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never printed
     model: str | None = None  # the upstream's name for the model; None: the public id
     weight: float = 1.0
     role: str = "primary"  # primary | fallback
@@ -58,7 +58,7 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    keys: tuple[str, ...] = ()
+    keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: never printed
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`inferegator serve` and `inferegator check-config`."""
+"""`inferegator serve`, `inferegator check-config` and `inferegator plugins`."""
 
 import os
 import sys
@@ -26,13 +26,26 @@ def register(subparsers) -> None:
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.set_defaults(handler=run_check_config)
 
+    plugins = subparsers.add_parser(
+        "plugins", help="List the loaded plugins, their versions and the hooks they implement.")
+    plugins.set_defaults(handler=run_plugins)
+
+
+def run_plugins(args) -> int:
+    import json
+
+    from ..plugin_manager import describe_plugins, get_plugin_manager
+
+    print(json.dumps(describe_plugins(get_plugin_manager()), indent=2))
+    return 0
+
 
 def _load(path):
     from ..config import ConfigError, load_config
 
     try:
         return load_config(path)
-    except (ConfigError, OSError) as exc:
+    except ConfigError as exc:
         print(f"inferegator: invalid configuration:\n{exc}", file=sys.stderr)
         return None
 
