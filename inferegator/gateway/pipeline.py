@@ -18,6 +18,7 @@ from ..errors import (
     invalid_request,
     model_not_found,
     model_unavailable,
+    upstream_failed,
 )
 from ..serving.disconnect import ClientDisconnected, ClientWatch
 from . import outcome as ends
@@ -132,12 +133,20 @@ class Pipeline:
             try:
                 upstream = backend.post(greq.endpoint, body, headers, greq.stream)
                 if upstream.status_code >= 400:
-                    error = backend.translate_error(upstream.status_code, upstream.content)
+                    status = upstream.status_code
+                    error = backend.translate_error(status, upstream.content)
                     upstream.close()
                     backend.in_flight -= 1
-                    if upstream.status_code not in RETRYABLE_STATUSES:
+                    if status in (401, 403):  # our credentials for the backend, not the client's
+                        log.error("backend %s refused the gateway's credentials (%d)",
+                                  backend.name, status)
+                        backend.mark_failed()
+                        last_error = upstream_failed("The backend refused the gateway's "
+                                                     "credentials.")
+                        continue
+                    if status not in RETRYABLE_STATUSES:
                         raise error  # the request's own fault: another backend won't help
-                    if upstream.status_code in (502, 503, 504):
+                    if status in (502, 503, 504):
                         backend.mark_failed()
                     last_error = error
                     continue
