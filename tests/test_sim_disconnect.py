@@ -3,6 +3,7 @@
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -65,3 +66,19 @@ def test_abort_request_ends_a_running_stream_with_abort(start_sim):
                          timeout=5).status_code == 200
     assert b'"finish_reason":"abort"' in read_until(sock, b"[DONE]")
     sock.close()
+
+
+def test_abort_all_answers_a_queued_json_request_with_abort(start_sim):
+    sim = start_sim("--decode-ms-per-token", "50", "--max-running-requests", "1")
+    running = open_stream(sim, BODY)
+    read_until(running, b"data: ")
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(requests.post, sim.url + "/v1/chat/completions", timeout=10,
+                             json={**BODY, "stream": False})
+        wait_until(lambda: sim.load()["num_waiting_reqs"] == 1, timeout=5)
+        requests.post(sim.url + "/abort_request", json={"abort_all": True}, timeout=5)
+        answer = queued.result()
+    assert answer.status_code == 200
+    assert answer.json()["choices"][0]["finish_reason"] == "abort"
+    running.close()
+    wait_until(lambda: sim.load()["num_running_reqs"] == 0, timeout=1.0)

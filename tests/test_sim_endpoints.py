@@ -203,3 +203,15 @@ def test_flush_cache_when_idle(sim):
 def test_abort_request_of_unknown_rid_is_accepted(sim):
     resp = requests.post(sim.url + "/abort_request", json={"rid": "nope"}, timeout=5)
     assert resp.status_code == 200 and resp.content == b""
+
+
+def test_continuous_usage_stats_put_running_usage_on_every_chunk(sim):
+    events = sse_events(post(sim, "/v1/chat/completions",
+                             {**CHAT, "stream": True, "max_tokens": 5, "ignore_eos": True,
+                              "stream_options": {"include_usage": True,
+                                                 "continuous_usage_stats": True}},
+                             stream=True))
+    content = [e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert [e["usage"]["completion_tokens"] for e in content] == [1, 2, 3, 4, 5]
+    assert all(e["usage"]["prompt_tokens"] == content[0]["usage"]["prompt_tokens"]
+               for e in content)

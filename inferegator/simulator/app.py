@@ -212,7 +212,7 @@ class OpenAIGeneration:
             resp.content_type = "text/event-stream"
             resp.set_headers(SSE_HEADERS)
             resp.stream = self.runner.stream(reqs, fault, stop, self.chunk_builder(rid, call.model),
-                                             call.include_usage, req.env)
+                                             call.include_usage, call.continuous_usage, req.env)
             return
         self.runner.run_to_end(reqs, stop)
         resp.media = self.render(rid, call.model, reqs)

@@ -95,6 +95,7 @@ class Engine:
             "time_to_first_token_seconds", "inter_token_latency_seconds",
             "e2e_request_latency_seconds", "queue_time_seconds")}
         self._recent_tokens: deque[tuple[int, int]] = deque()  # (second, tokens) for throughput
+        self._since_flush = {"prompt": 0, "cached": 0}  # for cache_hit_rate; counters never drop
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -105,7 +106,8 @@ class Engine:
         self.waiting.append(req)
         gevent.wait([req.admitted, req.aborted], count=1)
         if not req.admitted.is_set():
-            self.waiting.remove(req)
+            if req in self.waiting:  # _release may already have dropped it
+                self.waiting.remove(req)
             raise Aborted(req.rid)
 
     def _release(self, req: SimRequest) -> None:
@@ -121,13 +123,12 @@ class Engine:
         if req.aborted.is_set() or (seconds > 0 and req.aborted.wait(seconds)):
             raise Aborted(req.rid)
 
-    def abort(self, rid: str) -> bool:
-        """Abort a waiting or running request; True if it was found."""
-        req = self.live.get(rid)
-        if req is None:
-            return False
-        req.aborted.set()
-        return True
+    def abort(self, rid: str) -> int:
+        """Abort every waiting or running request whose rid starts with rid (as SGLang)."""
+        found = [r for r in self.live.values() if r.rid.startswith(rid)]
+        for req in found:
+            req.aborted.set()
+        return len(found)
 
     def abort_all(self) -> int:
         for req in list(self.live.values()):
@@ -156,8 +157,6 @@ class Engine:
         (and the queue) at once either way.
         """
         s = self.settings
-        if req.rid in self.live:
-            req.rid = f"{req.rid}-{uuid.uuid4().hex[:8]}"
         req.arrived = self.clock()
         self.live[req.rid] = req
         locked = []
@@ -167,6 +166,8 @@ class Engine:
             locked = self.cache.match(req.prompt_ids)
             self.cache.lock(locked)
             req.cached_tokens = len(locked) * self.cache.page_size
+            if s.instant:
+                gevent.sleep(0)  # let other connections in: instant mode never waits otherwise
             self._pause(req, 0.0 if s.instant
                         else (req.prompt_tokens - req.cached_tokens) / s.prefill_tokens_per_s)
             full_path = self.cache.insert(req.prompt_ids)
@@ -177,10 +178,11 @@ class Engine:
             yield from self._decode(req)
             req.finished = self.clock()
             self._record_finished(req)
-        except Aborted:
+        except (Aborted, GeneratorExit):  # GeneratorExit: the consumer went away mid-answer
             req.finished = self.clock()
             req.finish_reason = {"type": "abort", "message": "Abort request " + req.rid}
             self.counters["num_aborted_requests_total"] += 1
+            self.counters["generation_tokens_total"] += req.completion_tokens
             raise
         finally:
             self.cache.unlock(locked)
@@ -236,6 +238,8 @@ class Engine:
         c["prompt_tokens_total"] += req.prompt_tokens
         c["cached_tokens_total"] += req.cached_tokens
         c["generation_tokens_total"] += req.completion_tokens
+        self._since_flush["prompt"] += req.prompt_tokens
+        self._since_flush["cached"] += req.cached_tokens
         h = self.histograms
         h["queue_time_seconds"].observe(req.scheduled - req.arrived)
         h["e2e_request_latency_seconds"].observe(req.finished - req.arrived)
@@ -252,13 +256,13 @@ class Engine:
     @property
     def cache_hit_rate(self) -> float:
         """Cached prompt tokens over prompt tokens, for finished requests since the last flush."""
-        prompt = self.counters["prompt_tokens_total"]
-        return self.counters["cached_tokens_total"] / prompt if prompt else 0.0
+        prompt = self._since_flush["prompt"]
+        return self._since_flush["cached"] / prompt if prompt else 0.0
 
     @property
     def gen_throughput(self) -> float:
         """Generated tokens per second over the last 5 seconds."""
-        horizon = int(self.clock()) - 5
+        horizon = int(self.clock()) - 4  # the current second and the four before it
         while self._recent_tokens and self._recent_tokens[0][0] < horizon:
             self._recent_tokens.popleft()
         return sum(n for _, n in self._recent_tokens) / 5.0
@@ -272,7 +276,7 @@ class Engine:
         if self.live:
             return False
         self.cache.flush()
-        self.counters["prompt_tokens_total"] = self.counters["cached_tokens_total"] = 0
+        self._since_flush = {"prompt": 0, "cached": 0}
         return True
 
 

@@ -12,7 +12,7 @@ from gevent.queue import Queue
 
 from ..serving.disconnect import watch_disconnect
 from .engine import Aborted, SimRequest
-from .protocol import SSE_DONE, SGLangError, sse
+from .protocol import SSE_DONE, SGLangError, sse, usage
 
 DROP_AFTER_CHUNKS = 3  # a "drop" fault cuts a stream after this many content chunks
 
@@ -87,6 +87,8 @@ class GenerationRunner:
             gone.wait()
             stop()
             return [], fault, _noop
+        if call.rid is not None and any(r.startswith(call.rid) for r in self.engine.live):
+            raise SGLangError(400, f"Duplicate request ID: {call.rid}", param="rid")
         base = call.rid or SimRequest([], None).rid
         rids = [base] if len(call.params) == 1 else [f"{base}_{i}"
                                                     for i in range(len(call.params))]
@@ -106,7 +108,8 @@ class GenerationRunner:
         finally:
             stop_watching()
 
-    def stream(self, reqs, fault, stop_watching, chunks, include_usage, environ):
+    def stream(self, reqs, fault, stop_watching, chunks, include_usage, continuous_usage,
+               environ):
         """SSE events of an OpenAI-style stream: role, content deltas, finish, usage, [DONE]."""
         try:
             started = [False] * len(reqs)
@@ -120,7 +123,7 @@ class GenerationRunner:
                 if delta is None:
                     yield chunks.finish(index, reqs[index])
                 elif delta:
-                    yield chunks.content(index, delta)
+                    yield chunks.content(index, delta, usage(reqs) if continuous_usage else None)
                     sent += 1
                     if fault == "drop" and sent == DROP_AFTER_CHUNKS:
                         _drop_connection(environ)

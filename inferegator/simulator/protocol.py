@@ -93,8 +93,13 @@ class ChatChunks:
         return self._chunk(index, {"role": "assistant", "content": "",
                                    "reasoning_content": None})
 
-    def content(self, index: int, text: str) -> bytes:
-        return self._chunk(index, {"content": text, "reasoning_content": None})
+    def content(self, index: int, text: str, running_usage: dict | None = None) -> bytes:
+        chunk = {**self._head, "choices": [{"index": index, "delta": {
+            "content": text, "reasoning_content": None}, "logprobs": None,
+            "finish_reason": None, "matched_stop": None}]}
+        if running_usage is not None:  # stream_options.continuous_usage_stats
+            chunk["usage"] = running_usage
+        return sse(chunk)
 
     def finish(self, index: int, req: SimRequest) -> bytes:
         reason, matched = openai_finish_reason(req)
@@ -114,10 +119,10 @@ class CompletionChunks:
     def role(self, index: int) -> bytes:
         return b""
 
-    def content(self, index: int, text: str) -> bytes:
+    def content(self, index: int, text: str, running_usage: dict | None = None) -> bytes:
         return sse({**self._head, "choices": [{"index": index, "text": text, "logprobs": None,
                                                "finish_reason": None, "matched_stop": None}],
-                    "usage": None})
+                    "usage": running_usage})
 
     def finish(self, index: int, req: SimRequest) -> bytes:
         reason, matched = openai_finish_reason(req)

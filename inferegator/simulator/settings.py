@@ -86,8 +86,16 @@ def from_arguments(args: argparse.Namespace) -> SimSettings:
         problems.append("--page-size must be at least 1")
     if not 1 <= settings.output_tokens_min <= settings.output_tokens_max:
         problems.append("need 1 <= --output-tokens-min <= --output-tokens-max")
-    if sum(rate for _, rate in settings.fault_rates) > 1.0:
+    if any(not 0.0 <= rate <= 1.0 for _, rate in settings.fault_rates):
+        problems.append("each fault rate must be between 0 and 1")
+    elif sum(rate for _, rate in settings.fault_rates) > 1.0:
         problems.append("the fault rates add up to more than 1")
+    if settings.decode_ms_per_token < 0 or settings.decode_batch_slope < 0:
+        problems.append("--decode-ms-per-token and --decode-batch-slope must not be negative")
+    if settings.context_length < 2:
+        problems.append("--context-length must be at least 2")
+    if settings.cache_capacity_tokens < settings.page_size:
+        problems.append("--cache-capacity-tokens must hold at least one page")
     if settings.prefill_tokens_per_s <= 0:
         problems.append("--prefill-tokens-per-s must be positive")
     if problems:
