@@ -31,7 +31,7 @@ def get_plugin_manager(extra_plugins=(), load_entry_points: bool = True) -> plug
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[dict]:
-    """Each plugin's name, distribution version and implemented hooks (for `inferegator plugins`)."""
+    """Each plugin's name, version and implemented hooks (for `inferegator plugins`)."""
     versions = {id(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
     return sorted(({"name": pm.get_name(plugin), "version": versions.get(id(plugin)),
                     "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or ())}

@@ -26,3 +26,6 @@ def start_sim():
     yield start
     for server in started:
         server.stop()
+
+
+from tests.gateway_fixtures import start_gateway  # noqa: E402,F401  (a fixture)

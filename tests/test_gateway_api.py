@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from inferegator.simulator.tokenizer import render_chat, tokenize
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk, start_gateway  # noqa: F401
+from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
 
 MESSAGES = [{"role": "user", "content": "Explain GPU inference in one sentence."}]
 

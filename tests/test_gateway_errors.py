@@ -4,7 +4,7 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk, start_gateway  # noqa: F401
+from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

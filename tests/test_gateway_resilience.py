@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk, start_gateway  # noqa: F401
+from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
 from tests.support.processes import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -49,6 +49,7 @@ def router(start_sim):
     port = free_port()
     argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
             "--port", str(port), "--policy", "round_robin", "--log-level", "warn",
+            "--prometheus-port", str(free_port()),
             "--worker-urls", *(s.url for s in sims)]
     proc = ServerProcess(argv, f"http://127.0.0.1:{port}/health",
                          env={"HF_HUB_OFFLINE": "1", "NO_PROXY": "*"})
