@@ -12,6 +12,7 @@ class SGLangBackend(BackendAdapter):
     """``url`` is the runtime's root, e.g. http://gpu-a:30000."""
 
     type_name = "sglang"
+    supports_continuous_usage = True
 
     def endpoint_url(self, endpoint: str) -> str:
         return self.url + _PATHS[endpoint]

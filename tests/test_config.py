@@ -26,8 +26,9 @@ FULL = """\
 server:
   bind: 0.0.0.0:9000
   workers: 2
+storage: "${DB_URL}"
 auth:
-  keys: [sk-one, "${SECOND_KEY}"]
+  key_cache_ttl_s: 1.5
 runtimes:
   - name: sim-a
     command: inferegator sim --port "30001"
@@ -56,7 +57,7 @@ plugins:
   bare_plugin:
 """
 
-ENV = {"SECOND_KEY": "sk-two", "UPSTREAM_KEY": "up-secret"}
+ENV = {"DB_URL": "postgresql://gw@db/inferegator", "UPSTREAM_KEY": "up-secret"}
 
 
 def problems_of(text: str, environ=None) -> list[str]:
@@ -78,7 +79,8 @@ def test_full_config_loads_into_the_dataclasses(tmp_path):
     assert config == Config(
         path=str(path),
         server=ServerConfig(bind="0.0.0.0:9000", workers=2),
-        auth=AuthConfig(keys=("sk-one", "sk-two")),
+        storage="postgresql://gw@db/inferegator",
+        auth=AuthConfig(key_cache_ttl_s=1.5),
         runtimes=(RuntimeConfig(name="sim-a", command=("inferegator", "sim", "--port", "30001"),
                                 health="http://127.0.0.1:30001/health",
                                 env={"SIM_SEED": "7"}),),
@@ -174,8 +176,9 @@ def test_env_problems_in_plugin_settings_are_reported_too():
     pytest.param(minimal(rol="fallback"),
                  "conf.yaml:6: models[0].backends[0].rol: unknown field 'rol', "
                  "did you mean 'role'?", id="unknown-key-with-suggestion"),
-    pytest.param(minimal() + "storage: sqlite:///x.db\n",
-                 "conf.yaml:6: storage: unknown field 'storage'", id="unknown-key"),
+    pytest.param(minimal() + "storag: sqlite:///x.db\n",
+                 "conf.yaml:6: storag: unknown field 'storag', did you mean 'storage'?",
+                 id="unknown-key"),
     pytest.param(minimal() + "  - id: m\n    backends: [{type: x, url: 'http://b'}]\n",
                  "conf.yaml:6: models[1].id: duplicate id 'm', first used on line 2",
                  id="duplicate-model-id"),
@@ -275,7 +278,7 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 def test_shipped_default_config_is_valid():
     config = load_config(ROOT / "config" / "inferegator.yaml", environ={})
-    assert config.models and config.auth.keys
+    assert config.models and config.storage.startswith("sqlite:///")
 
 
 def test_docs_configuration_md_is_generated_from_the_schema():

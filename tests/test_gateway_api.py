@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from inferegator.simulator.tokenizer import render_chat, tokenize
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
+from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, sdk
 
 MESSAGES = [{"role": "user", "content": "Explain GPU inference in one sentence."}]
 
@@ -12,11 +12,11 @@ MESSAGES = [{"role": "user", "content": "Explain GPU inference in one sentence."
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One gateway over two instant simulators, shared by the read-only tests here."""
-    from tests.support.processes import GatewayServer, Simulator
+    from tests.support.processes import Simulator
 
     sims = [Simulator("--instant", "--output-tokens-max", "20"),
             Simulator("--instant", "--output-tokens-max", "20")]
-    gateway = GatewayServer(tmp_path_factory.mktemp("gw"), gateway_yaml(sims))
+    gateway = launch_gateway(tmp_path_factory.mktemp("gw"), gateway_yaml(sims))
     yield gateway, sims
     gateway.stop()
     for sim in sims:
@@ -108,12 +108,12 @@ def test_sglang_extras_reach_the_backend(served):
 def test_request_id_goes_in_and_out(served):
     gateway, _ = served
     resp = requests.post(gateway.url + "/v1/chat/completions",
-                         headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "abc-1"},
+                         headers={"Authorization": f"Bearer {gateway.key}", "X-Request-ID": "abc-1"},
                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
                          timeout=10)
     assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "abc-1"
     generated = requests.post(gateway.url + "/v1/chat/completions",
-                              headers={"Authorization": f"Bearer {KEY}"},
+                              headers={"Authorization": f"Bearer {gateway.key}"},
                               json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
                               timeout=10)
     assert generated.headers["X-Request-ID"].startswith("req-")

@@ -4,27 +4,27 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
+from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, sdk
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from tests.support.processes import GatewayServer, Simulator
+    from tests.support.processes import Simulator
 
     sim = Simulator("--instant")
-    server = GatewayServer(tmp_path_factory.mktemp("gw"),
+    server = launch_gateway(tmp_path_factory.mktemp("gw"),
                            gateway_yaml([sim], server=["max_body_bytes: 2048"]))
     yield server
     server.stop()
     sim.stop()
 
 
-def raw(gateway, method="POST", path="/v1/chat/completions", data=None, key=KEY, **kw):
+def raw(gateway, method="POST", path="/v1/chat/completions", data=None, key="own", **kw):
     headers = {"Content-Type": "application/json"}
     if key:
-        headers["Authorization"] = f"Bearer {key}"
+        headers["Authorization"] = f"Bearer {gateway.key if key == 'own' else key}"
     return requests.request(method, gateway.url + path, data=data, headers=headers,
                             timeout=10, **kw)
 

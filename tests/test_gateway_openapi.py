@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml
+from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway
 
 SPEC = pathlib.Path(__file__).resolve().parents[2] / "shared" / "spec" / "openai-openapi.yaml"
 MESSAGES = [{"role": "user", "content": "Validate me."}]
@@ -50,10 +50,10 @@ def assert_valid(validator, instance):
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from tests.support.processes import GatewayServer, Simulator
+    from tests.support.processes import Simulator
 
     sim = Simulator("--instant")
-    server = GatewayServer(tmp_path_factory.mktemp("gw"), gateway_yaml([sim]))
+    server = launch_gateway(tmp_path_factory.mktemp("gw"), gateway_yaml([sim]))
     yield server
     server.stop()
     sim.stop()
@@ -61,7 +61,7 @@ def gateway(tmp_path_factory):
 
 def call(gateway, method, path, **kw):
     return requests.request(method, gateway.url + path, timeout=10,
-                            headers={"Authorization": f"Bearer {KEY}"}, **kw)
+                            headers={"Authorization": f"Bearer {gateway.key}"}, **kw)
 
 
 def test_chat_completion_response(gateway, validator_for):

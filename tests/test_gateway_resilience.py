@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import KEY, MODEL, gateway_yaml, sdk
+from tests.gateway_fixtures import MODEL, gateway_yaml, sdk
 from tests.support.processes import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -105,7 +105,7 @@ def test_client_dropping_a_stream_frees_the_runtime_within_a_second(start_sim, s
                        "ignore_eos": True, "stream": True}).encode()
     sock = socket.create_connection(("127.0.0.1", gateway.port))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                 b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                 b"Authorization: Bearer " + gateway.key.encode() + b"\r\n"
                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                  % (len(body), body))
     received = b""
@@ -123,7 +123,7 @@ def test_client_dropping_a_json_request_frees_the_runtime(start_sim, start_gatew
     gateway = start_gateway(gateway_yaml([sim]))
     with pytest.raises(requests.ReadTimeout):
         requests.post(gateway.url + "/v1/chat/completions",
-                      headers={"Authorization": f"Bearer {KEY}"},
+                      headers={"Authorization": f"Bearer {gateway.key}"},
                       json={"model": MODEL, "messages": MESSAGES, "max_tokens": 400,
                             "ignore_eos": True}, timeout=0.5)
     wait_until(lambda: sim.load()["num_running_reqs"] == 0, timeout=1.0)

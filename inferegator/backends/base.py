@@ -29,6 +29,9 @@ class BackendAdapter:
     """One upstream server serving one model."""
 
     type_name = "base"
+    # Sends running usage on every stream event when asked (stream_options.
+    # continuous_usage_stats), so a stream cut short can still be metered exactly.
+    supports_continuous_usage = False
 
     def __init__(self, config, model_id: str):
         self.config = config

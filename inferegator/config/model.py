@@ -58,7 +58,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: never printed
+    key_cache_ttl_s: float = 2.0  # bounds how long a revoked key keeps working
+    bootstrap_admin_email: str = "admin@localhost"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Config:
     path: str
     models: tuple[ModelConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
+    storage: str = "sqlite:///./inferegator.db"
     auth: AuthConfig = field(default_factory=AuthConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings

@@ -19,8 +19,7 @@ required; every other setting has a default, and a setting left empty (`null`) t
 
 ```yaml
 server: {bind: 127.0.0.1:8080, workers: 1}
-auth:
-  keys: ["${INFEREGATOR_KEY}"]
+storage: postgresql://inferegator@db.internal/inferegator  # default: sqlite:///./inferegator.db
 models:
   - id: meta-llama/llama-3.1-70b-instruct
     owned_by: meta-llama

@@ -136,12 +136,13 @@ class Int(Type):
 
 
 class Float(Type):
-    """A number; `min` is inclusive, `above` exclusive."""
+    """A number; `min` and `max` are inclusive, `above` exclusive."""
 
-    def __init__(self, min: float | None = None, above: float | None = None):
-        self.min, self.above = min, above
+    def __init__(self, min: float | None = None, above: float | None = None,
+                 max: float | None = None):
+        self.min, self.above, self.max = min, above, max
         bound = f" >= {min:g}" if min is not None else f" > {above:g}" if above is not None else ""
-        self.name = "number" + bound
+        self.name = "number" + bound + (f" <= {max:g}" if max is not None else "")
 
     def check(self, value, where):
         if isinstance(value, EnvStr):
@@ -157,6 +158,8 @@ class Float(Type):
             return where.fail(f"must be >= {self.min:g}, got {value:g}")
         if self.above is not None and value <= self.above:
             return where.fail(f"must be > {self.above:g}, got {value:g}")
+        if self.max is not None and value > self.max:
+            return where.fail(f"must be <= {self.max:g}, got {value:g}")
         return float(value)
 
 
@@ -472,13 +475,19 @@ RUNTIME = Section(
 
 AUTH = Section(
     AuthConfig,
-    Setting("keys", ListOf(String()), "API keys accepted as Bearer tokens; use `${ENV_VAR}`."),
+    Setting("key_cache_ttl_s", Float(min=0, max=5),
+            "Seconds a key lookup is cached per worker: the longest a revoked key keeps "
+            "working (at most 5)."),
+    Setting("bootstrap_admin_email", String(),
+            "Email of the admin created, with a printed key, when the store has no user."),
 )
 
 CONFIG = Section(
     Config,
     Setting("models", ListOf(MODEL, min_items=1, unique="id"), "The models served."),
     Setting("server", SERVER, "HTTP server."),
+    Setting("storage", String(), "Database for accounts, keys and the usage ledger: "
+            "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
     Setting("auth", AUTH, "Client authentication."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),

@@ -75,14 +75,13 @@ def run_check_config(args) -> int:
     return 0
 
 
-def banner(config) -> str:
+def banner(config, key=None) -> str:
     host, _, port = config.server.bind.rpartition(":")
     url = f"http://{host or '127.0.0.1'}:{port}"
     model = config.models[0].id
-    key = config.auth.keys[0] if config.auth.keys else "sk-inf-YOUR_KEY"
+    key = key or "sk-inf-YOUR_KEY  (create one: inferegator keys create --user EMAIL)"
     return (f"Inferegator gateway on {url}/v1  (models: "
             f"{', '.join(m.id for m in config.models)})\n"
-            f"  API key: {key}\n"
             f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
@@ -103,12 +102,30 @@ def run_serve(args) -> int:
     supervisor = RuntimeSupervisor(list(config.runtimes))
     state = {}
 
+    from ..store.store import Store, bootstrap_admin
+
+    from ..store.database import StoreError
+
+    try:
+        store = Store(config.storage)  # migrates before any worker starts
+    except StoreError as exc:
+        print(f"inferegator: storage: {exc}", file=sys.stderr)
+        return 2
+    first = bootstrap_admin(store, config.auth.bootstrap_admin_email)
+    store.db.close()
+    if first is not None:
+        user, password, key = first
+        print(f"Created the first admin, {user['email']}; shown once, keep them safe:\n"
+              f"  password: {password}\n  API key:  {key}", flush=True)
+        state["key"] = key
+
     def app_factory():
         from ..plugin_manager import get_plugin_manager
         from .app import create_app
         from .core import Gateway
 
-        gateway = state["gateway"] = Gateway(config, get_plugin_manager())
+        gateway = state["gateway"] = Gateway(config, get_plugin_manager(),
+                                             Store(config.storage))
         gateway.start_health_checks()
         gateway.hook.inferegator_startup(gateway=gateway)
         return create_app(gateway)
@@ -118,6 +135,7 @@ def run_serve(args) -> int:
         if gateway is not None:
             gateway.stop()
             gateway.hook.inferegator_shutdown(gateway=gateway)
+            gateway.store.close()
 
     options = {
         "bind": args.bind or server.bind,
@@ -129,7 +147,7 @@ def run_serve(args) -> int:
         "accesslog": "-" if args.access_log else None,
         "proc_name": "inferegator",
         "on_starting": lambda arbiter: supervisor.start(),
-        "when_ready": lambda arbiter: print(banner(config), flush=True),
+        "when_ready": lambda arbiter: print(banner(config, state.get("key")), flush=True),
         "worker_exit": worker_exit,
         "on_exit": lambda arbiter: supervisor.stop(),
     }

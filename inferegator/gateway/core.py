@@ -24,8 +24,10 @@ def _merged(results) -> dict:
 class Gateway:
     """What every request needs: config, plugin hooks, the catalog and backend health."""
 
-    def __init__(self, config, plugin_manager):
+    def __init__(self, config, plugin_manager, store=None):
         self.config = config
+        self.store = store  # accounts, keys, usage ledger (None only for check-config)
+        self.plugin_state: dict = {}  # each plugin's per-worker objects, by plugin name
         self.pm = plugin_manager
         self.hook = plugin_manager.hook
         # Hook results come in LIFO order (user plugins first); built-ins must not override.

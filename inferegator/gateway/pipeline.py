@@ -118,13 +118,15 @@ class Pipeline:
         ordered = self.hook.inferegator_select_backend(
             gateway=self.gateway, model=model, request=greq, candidates=candidates)
         body = dict(greq.body)
+        client_options = greq.body.get("stream_options") or {}
         if greq.stream:
-            body["stream_options"] = {**(greq.body.get("stream_options") or {}),
-                                      "include_usage": True}
+            body["stream_options"] = {**client_options, "include_usage": True}
         headers = {"X-Request-ID": greq.request_id}
         last_error = None
         for backend in ordered or ():
             body["model"] = backend.upstream_model
+            if greq.stream and backend.supports_continuous_usage:
+                body["stream_options"]["continuous_usage_stats"] = True
             self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
                                                   backend=backend, body=body, headers=headers)
             outcome.attempts.append(backend.name)
@@ -219,7 +221,11 @@ class Pipeline:
 
 def _first_events(upstream, backend, model, greq):
     """Read the stream until the first events to forward; failure here still allows failover."""
-    relay = SSERelay(backend.upstream_model, model.id, greq.include_usage)
+    client_continuous = bool((greq.body.get("stream_options") or {}).get(
+        "continuous_usage_stats"))
+    relay = SSERelay(backend.upstream_model, model.id, greq.include_usage,
+                     strip_running_usage=backend.supports_continuous_usage
+                     and not client_continuous)
     chunks = upstream.iter_content(chunk_size=None)
     while True:
         data = next(chunks, None)

@@ -35,20 +35,25 @@ def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, dict | None]
 class SSERelay:
     """Turns upstream SSE bytes into the events to send to the client."""
 
-    __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "usage", "error",
-                 "done", "content_events")
+    __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "_strip_running",
+                 "_final_usage", "_running_usage", "error", "done", "content_events")
 
-    def __init__(self, upstream_model: str, public_model: str, include_usage: bool):
+    def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
+                 strip_running_usage: bool = False):
         self._buffer = b""
         self._public = public_model
         self._include_usage = include_usage
+        # The gateway asked for continuous_usage_stats (the client did not): note the running
+        # usage on each event, so a stream cut short is still metered, and remove it.
+        self._strip_running = strip_running_usage
+        self._final_usage = None
+        self._running_usage = None
         if upstream_model == public_model:
             self._replacements = ()
         else:
             up, pub = json.dumps(upstream_model).encode(), json.dumps(public_model).encode()
             self._replacements = ((b'"model":' + up, b'"model":' + pub),
                                   (b'"model": ' + up, b'"model": ' + pub))
-        self.usage = None
         self.error = None
         self.done = False
         self.content_events = 0
@@ -78,18 +83,35 @@ class SSERelay:
             return self.error.sse_event()
         if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
             chunk = json.loads(event[len(b"data: "):])
-            self.usage = clean_usage(chunk["usage"])
+            self._final_usage = clean_usage(chunk["usage"])
             if not self._include_usage:
                 return None
-            chunk["usage"] = self.usage
+            chunk["usage"] = self._final_usage
             chunk["model"] = self._public
             return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        if self._strip_running:
+            at = event.rfind(b',"usage":{')
+            if at > 0:
+                self._running_usage = event[at + 9:-3]
+                event = event[:at] + b"}\n\n"
         for old, new in self._replacements:
             if old in event:
                 event = event.replace(old, new, 1)
                 break
         self.content_events += 1
         return event
+
+    @property
+    def usage(self) -> dict | None:
+        """The final usage if it came, else the running usage of the last event relayed."""
+        if self._final_usage is not None:
+            return self._final_usage
+        if self._running_usage is not None:
+            try:
+                return clean_usage(json.loads(self._running_usage))
+            except ValueError:
+                return None
+        return None
 
     @staticmethod
     def _translate_error(event: bytes) -> GatewayError:

@@ -1,0 +1,1 @@
+"""Accounts, API keys and the usage ledger in SQL: SQLite (embedded default) or PostgreSQL."""

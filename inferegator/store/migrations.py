@@ -1,0 +1,71 @@
+"""Versioned schema migrations, applied in order at start (idempotent, safe to race)."""
+
+import time
+
+# (version, description, statements). {serial} is the dialect's auto-increment key.
+MIGRATIONS = [
+    (1, "users, API keys and the usage ledger", [
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            email TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            role TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            disabled INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            secret_hash TEXT NOT NULL UNIQUE,
+            created DOUBLE PRECISION NOT NULL,
+            last_used DOUBLE PRECISION,
+            revoked DOUBLE PRECISION,
+            requests_per_minute INTEGER,
+            tokens_per_minute INTEGER,
+            monthly_budget_usd DOUBLE PRECISION,
+            allowed_models TEXT)""",
+        "CREATE INDEX api_keys_user ON api_keys (user_id)",
+        """CREATE TABLE usage_ledger (
+            id {serial},
+            request_id TEXT NOT NULL,
+            key_id TEXT,
+            user_id TEXT,
+            model TEXT NOT NULL,
+            backend TEXT,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL,
+            cost_usd DOUBLE PRECISION NOT NULL,
+            status TEXT NOT NULL,
+            http_status INTEGER NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL,
+            ttft_ms DOUBLE PRECISION,
+            created DOUBLE PRECISION NOT NULL,
+            day TEXT NOT NULL)""",
+        "CREATE INDEX usage_ledger_key_day ON usage_ledger (key_id, day)",
+        "CREATE INDEX usage_ledger_user_day ON usage_ledger (user_id, day)",
+    ]),
+]
+
+_SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
+
+
+def migrate(db) -> list[int]:
+    """Apply the migrations this database lacks; returns the versions applied."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+               "version INTEGER PRIMARY KEY, description TEXT, applied DOUBLE PRECISION)")
+    applied = []
+    with db.transaction() as cur:
+        if db.dialect == "postgresql":  # replicas starting together take turns
+            cur.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+        done = {row["version"] for row in cur.query("SELECT version FROM schema_migrations")}
+        for version, description, statements in MIGRATIONS:
+            if version in done:
+                continue
+            for statement in statements:
+                cur.execute(statement.replace("{serial}", _SERIAL[db.dialect]))
+            cur.execute("INSERT INTO schema_migrations (version, description, applied) "
+                        "VALUES (?, ?, ?)", (version, description, time.time()))
+            applied.append(version)
+    return applied

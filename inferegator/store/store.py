@@ -1,0 +1,35 @@
+"""The Store: one database with its accounts and usage ledger, migrated on open."""
+
+from .accounts import Accounts
+from .database import Database
+from .ledger import UsageLedger
+from .migrations import migrate
+
+
+class Store:
+    """Accounts, keys and the ledger over one database URL."""
+
+    def __init__(self, url: str, pool_size: int = 4, ledger_flush_interval_s: float = 0.2):
+        self.db = Database(url, pool_size=pool_size)
+        migrate(self.db)
+        self.accounts = Accounts(self.db)
+        self.ledger = UsageLedger(self.db, self.accounts, ledger_flush_interval_s)
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.db.close()
+
+
+def bootstrap_admin(store: Store, email: str) -> tuple[dict, str, str] | None:
+    """On an empty store, create an admin with a random password and an API key.
+
+    Returns (user, password, key) to print once, or None when users exist already.
+    """
+    import secrets
+
+    if store.accounts.count_users():
+        return None
+    password = secrets.token_urlsafe(18)
+    user = store.accounts.create_user(email, password, role="admin")
+    key, _ = store.accounts.create_key(user["id"], "bootstrap admin key")
+    return user, password, key

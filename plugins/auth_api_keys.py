@@ -1,0 +1,68 @@
+"""Authentication with the key store: ``Authorization: Bearer sk-inf-...``.
+
+Keys are looked up by SHA-256 through a per-worker cache whose entries live
+``auth.key_cache_ttl_s`` (default 2 s): that is the longest a revoked key, or a key of a
+disabled user, keeps working, in every worker and replica. Unknown, revoked and
+malformed keys all get the same 401, so answers do not tell which keys exist.
+"""
+
+import time
+
+from inferegator import hookimpl
+from inferegator.auth import Principal, bearer_token
+from inferegator.errors import GatewayError
+from inferegator.store.secrets import looks_like_key
+
+
+class KeyCache:
+    """secret -> (KeyRecord or None, expiry); bounded so random keys cannot grow it forever."""
+
+    def __init__(self, accounts, ttl_s: float, max_entries: int = 100_000,
+                 clock=time.monotonic):
+        self.accounts = accounts
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple] = {}
+
+    def lookup(self, secret: str):
+        now = self.clock()
+        entry = self._entries.get(secret)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        record = self.accounts.find_key(secret)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[secret] = (record, now + self.ttl_s)
+        return record
+
+
+def model_not_allowed(model_id: str) -> GatewayError:
+    return GatewayError(403, f"This API key may not use the model '{model_id}'.",
+                        "invalid_request_error", "model_not_allowed", "model")
+
+
+@hookimpl
+def inferegator_startup(gateway):
+    gateway.plugin_state["auth_api_keys"] = KeyCache(gateway.store.accounts,
+                                                     gateway.config.auth.key_cache_ttl_s)
+
+
+@hookimpl
+def inferegator_authenticate(gateway, request):
+    token = bearer_token(request)
+    if token is None or not looks_like_key(token):
+        return None
+    record = gateway.plugin_state["auth_api_keys"].lookup(token)
+    if record is None or not record.active:
+        return None
+    return Principal(key_id=record.id, owner=record.user_id, is_admin=record.role == "admin",
+                     attributes={"key": record})
+
+
+@hookimpl
+def inferegator_admit(principal, model):
+    key = principal.attributes.get("key")
+    if key is not None and key.allowed_models is not None and model.id not in key.allowed_models:
+        return model_not_allowed(model.id)
+    return None
