@@ -29,3 +29,13 @@ def start_sim():
 
 
 from tests.gateway_fixtures import start_gateway  # noqa: E402,F401  (a fixture)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the whole session (Debian's binaries, a free port)."""
+    from tests.support.postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()

@@ -11,6 +11,7 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     graceful_timeout_s: float = 30.0
     health_check_interval_s: float = 5.0
+    ledger_flush_interval_s: float = 0.2
 
 
 @dataclass(frozen=True)

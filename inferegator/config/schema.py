@@ -426,6 +426,8 @@ SERVER = Section(
     Setting("graceful_timeout_s", Float(min=0),
             "Seconds requests in flight get to finish on shutdown or reload."),
     Setting("health_check_interval_s", Float(above=0), "Seconds between backend health checks."),
+    Setting("ledger_flush_interval_s", Float(above=0),
+            "Seconds between batched usage-ledger writes; a graceful stop writes the rest."),
 )
 
 PRICING = Section(

@@ -124,8 +124,9 @@ def run_serve(args) -> int:
         from .app import create_app
         from .core import Gateway
 
-        gateway = state["gateway"] = Gateway(config, get_plugin_manager(),
-                                             Store(config.storage))
+        store = Store(config.storage,
+                      ledger_flush_interval_s=config.server.ledger_flush_interval_s)
+        gateway = state["gateway"] = Gateway(config, get_plugin_manager(), store)
         gateway.start_health_checks()
         gateway.hook.inferegator_startup(gateway=gateway)
         return create_app(gateway)
