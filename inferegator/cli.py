@@ -6,8 +6,9 @@ import sys
 from . import __version__
 from .gateway import command as gateway_command
 from .simulator import command as sim_command
+from .store import command as store_command
 
-SUBCOMMANDS = (gateway_command, sim_command)
+SUBCOMMANDS = (gateway_command, store_command, sim_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

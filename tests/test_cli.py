@@ -40,7 +40,8 @@ def test_plugins_lists_the_builtins_and_their_hooks():
     assert result.returncode == 0
     plugins = {p["name"]: p["hooks"] for p in json.loads(result.stdout)}
     assert "inferegator_register_backends" in plugins["backend_sglang"]
-    assert "inferegator_authenticate" in plugins["auth_static_keys"]
+    assert "inferegator_authenticate" in plugins["auth_api_keys"]
+    assert "inferegator_request_finished" in plugins["usage_ledger"]
 
 
 def test_check_config_accepts_the_default_and_names_the_line_of_an_error(tmp_path):

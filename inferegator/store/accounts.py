@@ -75,11 +75,18 @@ class Accounts:
         row = {"id": "user_" + uuid.uuid4().hex[:16], "email": email,
                "password_hash": hash_password(password), "role": role,
                "created": self.clock(), "disabled": 0}
-        with self.db.transaction() as cur:
-            if cur.query("SELECT 1 AS x FROM users WHERE email = ?", (email,)):
-                raise DuplicateEmail(email)
-            cur.execute("INSERT INTO users (id, email, password_hash, role, created, disabled) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", tuple(row.values()))
+        try:
+            with self.db.transaction() as cur:
+                if cur.query("SELECT 1 AS x FROM users WHERE email = ?", (email,)):
+                    raise DuplicateEmail(email)
+                cur.execute("INSERT INTO users (id, email, password_hash, role, created, "
+                            "disabled) VALUES (?, ?, ?, ?, ?, ?)", tuple(row.values()))
+        except DuplicateEmail:
+            raise
+        except Exception as exc:  # two creations racing: the UNIQUE constraint decides
+            if self.db.is_unique_violation(exc):
+                raise DuplicateEmail(email) from None
+            raise
         return _public_user(row)
 
     def list_users(self) -> list[dict]:
@@ -98,9 +105,8 @@ class Accounts:
         return (_public_user(rows[0]), rows[0]["password_hash"]) if rows else (None, None)
 
     def set_user_disabled(self, user_id: str, disabled: bool) -> dict:
-        if not self.db.execute("UPDATE users SET disabled = ? WHERE id = ?",
-                               (int(disabled), user_id)):
-            raise NotFound(user_id)
+        user_id = self.get_user(user_id)["id"]
+        self.db.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
         return self.get_user(user_id)
 
     def count_users(self) -> int:
@@ -110,7 +116,7 @@ class Accounts:
 
     def create_key(self, user_id: str, name: str, **limits) -> tuple[str, dict]:
         """A new key for a user: (the secret, shown this once; its public record)."""
-        self.get_user(user_id)
+        user_id = self.get_user(user_id)["id"]  # an email is accepted too
         secret = new_api_key()
         models = limits.get("allowed_models")
         row = {"id": "key_" + uuid.uuid4().hex[:16], "user_id": user_id, "name": name,
@@ -119,7 +125,7 @@ class Accounts:
                "requests_per_minute": limits.get("requests_per_minute"),
                "tokens_per_minute": limits.get("tokens_per_minute"),
                "monthly_budget_usd": limits.get("monthly_budget_usd"),
-               "allowed_models": json.dumps(list(models)) if models else None}
+               "allowed_models": json.dumps(list(models)) if models is not None else None}
         columns = ", ".join(row)
         self.db.execute(f"INSERT INTO api_keys ({columns}) VALUES "
                         f"({', '.join('?' * len(row))})", tuple(row.values()))
@@ -144,12 +150,13 @@ class Accounts:
 
     def set_key_limits(self, key_id: str, **limits) -> dict:
         self.get_key(key_id)
-        for name, value in limits.items():
-            if name not in LIMIT_FIELDS:
-                raise ValueError(name)
-            if name == "allowed_models" and value is not None:
-                value = json.dumps(list(value))
-            self.db.execute(f"UPDATE api_keys SET {name} = ? WHERE id = ?", (value, key_id))
+        with self.db.transaction() as cur:
+            for name, value in limits.items():
+                if name not in LIMIT_FIELDS:
+                    raise ValueError(name)
+                if name == "allowed_models" and value is not None:
+                    value = json.dumps(list(value))
+                cur.execute(f"UPDATE api_keys SET {name} = ? WHERE id = ?", (value, key_id))
         return self.get_key(key_id)
 
     def find_key(self, secret: str) -> KeyRecord | None:
@@ -167,9 +174,9 @@ class Accounts:
                          r["tokens_per_minute"], r["monthly_budget_usd"],
                          tuple(json.loads(r["allowed_models"])) if r["allowed_models"] else None)
 
-    def touch_keys(self, last_used: dict) -> None:
-        """Record last-used times in one transaction (batched off the request path)."""
-        with self.db.transaction() as cur:
-            cur.executemany("UPDATE api_keys SET last_used = ? WHERE id = ? AND "
-                            "(last_used IS NULL OR last_used < ?)",
-                            [(ts, key_id, ts) for key_id, ts in last_used.items()])
+    @staticmethod
+    def touch_keys(last_used: dict, cur) -> None:
+        """Record last-used times inside the caller's transaction (batched off the path)."""
+        cur.executemany("UPDATE api_keys SET last_used = ? WHERE id = ? AND "
+                        "(last_used IS NULL OR last_used < ?)",
+                        [(ts, key_id, ts) for key_id, ts in last_used.items()])

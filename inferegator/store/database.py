@@ -102,6 +102,12 @@ class Database:
             cur.execute(self._sql(sql), params)
             return cur.rowcount
 
+    def is_unique_violation(self, exc: Exception) -> bool:
+        """True if exc is this database refusing a duplicate of a UNIQUE value."""
+        if self.dialect == "sqlite":
+            return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+        return getattr(exc, "sqlstate", None) == "23505"
+
     def close(self) -> None:
         with self._lock:
             while self._free:

@@ -63,11 +63,11 @@ class UsageLedger:
         if not rows and not last_used:
             return 0
         try:
-            with self.db.transaction() as cur:
+            with self.db.transaction() as cur:  # rows and last-used together, or neither
                 if rows:
                     cur.executemany(_INSERT, rows)
-            if last_used:
-                self.accounts.touch_keys(last_used)
+                if last_used:
+                    self.accounts.touch_keys(last_used, cur)
         except Exception:
             log.exception("ledger write failed; %d rows kept for the next try", len(rows))
             self._rows.extendleft(reversed(rows))
