@@ -40,6 +40,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,7 @@ from tests.support.processes import (  # noqa: E402  (needs the repository root 
 )
 
 OUT_DIR = BENCH_DIR / "out"
-KEY = "sk-inf-bench-key-0123456789abcdef0123456789abcdef"
+KEY = ""  # provisioned in the gateway's store by main() before the gateway starts
 PUBLIC_MODEL = "acme/sim-chat"
 SIM_MODEL = "sim-model"
 PROMPT = "Summarise in one sentence why a prefix cache helps a chat service."
@@ -74,12 +75,23 @@ STALL_MS = 30.0  # at concurrency 1 nothing here should take this long; 40 ms = 
 
 # -- servers ----------------------------------------------------------------------------------
 
-def gateway_yaml(sim_url: str) -> str:
+def provision_key(storage: str) -> str:
+    """A user and an API key in the gateway's store, as an operator would create them."""
+    from inferegator.store.store import Store
+
+    store = Store(storage)
+    try:
+        user = store.accounts.create_user("bench@example.com", "bench password 123")
+        return store.accounts.create_key(user["id"], "bench")[0]
+    finally:
+        store.db.close()
+
+
+def gateway_yaml(sim_url: str, storage: str) -> str:
     return "\n".join([
         "server:",
         "  workers: 1",
-        "auth:",
-        f"  keys: [{KEY}]",
+        f"storage: '{storage}'",
         "models:",
         f"  - id: {PUBLIC_MODEL}",
         "    owned_by: acme",
@@ -90,10 +102,23 @@ def gateway_yaml(sim_url: str) -> str:
     ]) + "\n"
 
 
-def start_router(sim_url: str) -> tuple[ServerProcess, str]:
+def router_python(explicit: str | None) -> str:
+    """A Python that can run sglang_router: the one given, this one, or the repo's .venv."""
+    if explicit:
+        return explicit
+    for python in (sys.executable, str(ROOT / ".venv" / "bin" / "python")):
+        probe = subprocess.run([python, "-c", "import sglang_router"], capture_output=True)
+        if probe.returncode == 0:
+            return python
+    raise SystemExit("sglang_router is not installed (pip install sglang-router), or pass "
+                     "--router-python, or leave sglang-router out of --targets")
+
+
+def start_router(sim_url: str, python: str) -> tuple[ServerProcess, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
+    argv = [python, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
             "--port", str(port), "--policy", "round_robin", "--log-level", "warn",
+            "--prometheus-port", str(free_port()),  # not the shared default 29000
             "--worker-urls", sim_url]
     proc = ServerProcess(argv, f"http://127.0.0.1:{port}/health",
                          env={"HF_HUB_OFFLINE": "1", "NO_PROXY": "*"}, ready_timeout=60)
@@ -192,7 +217,7 @@ class Connection:
     def _connect(self):
         if self.sock is not None:
             self.sock.close()
-        self.sock = gsocket.create_connection(self.addr)
+        self.sock = gsocket.create_connection(self.addr, timeout=30)  # a hung server: error
         self.sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         self.reconnects += 1
 
@@ -344,6 +369,7 @@ def summarise(samples: list[float]) -> dict:
 # -- the run ----------------------------------------------------------------------------------
 
 def git_commit() -> str:
+    """The commit measured: HEAD, plus "+dirty" if the served code is edited."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, check=True).stdout.strip()
@@ -381,6 +407,9 @@ def main() -> int:
     ap.add_argument("--quickack", action="store_true",
                     help="client sets TCP_QUICKACK before every recv (no delayed ACKs), to "
                          "see a server's figures without Nagle/delayed-ACK stalls")
+    ap.add_argument("--router-python", default=None,
+                    help="Python that has sglang_router installed (default: this one, else "
+                         "the repository's .venv)")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args()
     targets = [t for t in args.targets.split(",") if t]
@@ -412,12 +441,15 @@ def main() -> int:
         urls = {"direct": (sim.url, SIM_MODEL)}
         meters = {"direct": CpuMeter(sim.proc.pid)}
         if "inferegator" in targets:
-            gw = GatewayServer(config_dir, gateway_yaml(sim.url), "--workers", "1")
+            global KEY
+            storage = f"sqlite:///{config_dir}/bench.db"
+            KEY = provision_key(storage)
+            gw = GatewayServer(config_dir, gateway_yaml(sim.url, storage), "--workers", "1")
             servers.append(("inferegator", gw))
             urls["inferegator"] = (gw.url, PUBLIC_MODEL)
             meters["inferegator"] = CpuMeter(gw.proc.pid)
         if "sglang-router" in targets:
-            router, router_url = start_router(sim.url)
+            router, router_url = start_router(sim.url, router_python(args.router_python))
             servers.append(("sglang-router", router))
             urls["sglang-router"] = (router_url, SIM_MODEL)
             meters["sglang-router"] = CpuMeter(router.proc.pid)
@@ -485,6 +517,7 @@ def main() -> int:
                 server.stop()
             except Exception as exc:  # keep stopping the others
                 print(f"# stopping {name} failed: {exc}", file=sys.stderr)
+        shutil.rmtree(config_dir, ignore_errors=True)
 
     summary = summarise_record(record, targets, concurrencies)
     record["summary"] = summary

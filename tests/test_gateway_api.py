@@ -108,7 +108,8 @@ def test_sglang_extras_reach_the_backend(served):
 def test_request_id_goes_in_and_out(served):
     gateway, _ = served
     resp = requests.post(gateway.url + "/v1/chat/completions",
-                         headers={"Authorization": f"Bearer {gateway.key}", "X-Request-ID": "abc-1"},
+                         headers={"Authorization": f"Bearer {gateway.key}",
+                                  "X-Request-ID": "abc-1"},
                          json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
                          timeout=10)
     assert resp.status_code == 200 and resp.headers["X-Request-ID"] == "abc-1"

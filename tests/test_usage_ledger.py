@@ -1,8 +1,8 @@
 """Keys and the usage ledger end to end, on SQLite and on a real PostgreSQL server."""
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import threading

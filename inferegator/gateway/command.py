@@ -75,8 +75,8 @@ def run_check_config(args) -> int:
     return 0
 
 
-def banner(config, key=None) -> str:
-    host, _, port = config.server.bind.rpartition(":")
+def banner(config, bind: str, key=None) -> str:
+    host, _, port = bind.rpartition(":")
     url = f"http://{host or '127.0.0.1'}:{port}"
     model = config.models[0].id
     key = key or "sk-inf-YOUR_KEY  (create one: inferegator keys create --user EMAIL)"
@@ -102,9 +102,8 @@ def run_serve(args) -> int:
     supervisor = RuntimeSupervisor(list(config.runtimes))
     state = {}
 
-    from ..store.store import Store, bootstrap_admin
-
     from ..store.database import StoreError
+    from ..store.store import Store, bootstrap_admin
 
     try:
         store = Store(config.storage)  # migrates before any worker starts
@@ -148,7 +147,8 @@ def run_serve(args) -> int:
         "accesslog": "-" if args.access_log else None,
         "proc_name": "inferegator",
         "on_starting": lambda arbiter: supervisor.start(),
-        "when_ready": lambda arbiter: print(banner(config, state.get("key")), flush=True),
+        "when_ready": lambda arbiter: print(banner(config, arbiter.cfg.bind[0], state.get("key")),
+                                            flush=True),
         "worker_exit": worker_exit,
         "on_exit": lambda arbiter: supervisor.stop(),
     }

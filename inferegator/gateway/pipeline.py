@@ -7,6 +7,7 @@ client: a stream's first event is read from the backend before the response star
 import logging
 import time
 
+import gevent
 import requests
 
 from ..backends.base import RETRYABLE_STATUSES
@@ -189,6 +190,8 @@ class Pipeline:
                 outcome.status, outcome.error = ends.UPSTREAM_FAILED, relay.error.message
             elif not relay.done:
                 raise requests.exceptions.ChunkedEncodingError("stream ended without [DONE]")
+            else:
+                _drain(chunks)
         except ClientDisconnected:
             outcome.status = ends.CLIENT_DISCONNECTED
         except (requests.RequestException, ValueError) as exc:
@@ -234,6 +237,19 @@ def _first_events(upstream, backend, model, greq):
         events = relay.feed(data)
         if events:
             return relay, events, chunks
+
+
+def _drain(chunks, limit_bytes: int = 65536, limit_s: float = 1.0) -> None:
+    """Read what follows [DONE] (the chunked terminator) so the connection is pooled again.
+
+    Bounded in bytes and time, in case an upstream keeps talking.
+    """
+    received = 0
+    with gevent.Timeout(limit_s, False):
+        for data in chunks:
+            received += len(data)
+            if received > limit_bytes:
+                break
 
 
 def read_body(req, limit: int) -> bytes:

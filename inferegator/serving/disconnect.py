@@ -9,34 +9,40 @@ import errno
 import socket
 
 import gevent
-from gevent.socket import wait_read
 
 
 def watch_disconnect(environ, on_disconnect):
     """Call ``on_disconnect()`` as soon as the client closes; returns a stop() function.
 
     Works under gunicorn (``gunicorn.socket`` in environ); elsewhere it watches nothing.
-    Call it only after the request body has been read.
+    Call it only after the request body has been read. It costs one event-loop watcher,
+    no greenlet: the callback runs in the hub and must not block.
     """
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return _noop
-    watcher = gevent.spawn(_watch, sock, on_disconnect)
-    return lambda: watcher.kill(block=False)
+    raw = getattr(sock, "_sock", sock)  # the OS socket under gevent's wrapper
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
 
+    def readable():
+        try:
+            data = raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return  # spurious wake-up: keep watching
+        except OSError:
+            data = b""  # reset: gone too
+        watcher.stop()
+        if data == b"":
+            on_disconnect()
+        # else: the client sent more (a pipelined request): it is still there
 
-def _watch(sock, on_disconnect):
-    try:
-        wait_read(sock.fileno())
-        if sock.recv(1, socket.MSG_PEEK) != b"":
-            return  # the client sent more (a pipelined request): it is still there
-    except (OSError, ValueError):
-        pass  # reset or closed under us: gone too
-    on_disconnect()
+    watcher.start(readable)
 
+    def stop():
+        watcher.stop()
+        watcher.close()
 
-def _noop():
-    pass
+    return stop
 
 
 class ClientDisconnected(ConnectionResetError):
