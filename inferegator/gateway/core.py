@@ -8,6 +8,9 @@ from gevent.pool import Pool
 from ..catalog import Catalog, CatalogModel
 
 log = logging.getLogger("inferegator.gateway")
+# A slow probe on a busy machine is not an outage; refused connections eject at once
+# (passive health in the pipeline).
+FAILED_PROBES_TO_EJECT = 2
 
 
 class GatewayBuildError(ValueError):
@@ -59,11 +62,14 @@ class Gateway:
         backends = list(self.catalog.backends())
         results = Pool(16).map(lambda b: b.probe(), backends)
         for backend, ok in zip(backends, results):
+            backend.failed_probes = 0 if ok else backend.failed_probes + 1
             if ok and not backend.healthy:
                 log.warning("backend %s is healthy again", backend.name)
-            elif not ok and backend.healthy:
-                log.warning("backend %s failed its health check", backend.name)
-            backend.healthy = ok
+                backend.healthy = True
+            elif backend.healthy and backend.failed_probes >= FAILED_PROBES_TO_EJECT:
+                log.warning("backend %s failed %d health checks", backend.name,
+                            backend.failed_probes)
+                backend.healthy = False
         for model in self.catalog.models.values():
             if model.context_length is None:
                 for backend in model.backends:
