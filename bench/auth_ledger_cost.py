@@ -14,7 +14,6 @@ start it). Results go to stdout as a markdown table and to bench/out/ as JSON.
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
@@ -23,11 +22,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from inferegator_plugins.auth_api_keys import KeyCache  # noqa: E402
+
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import Pricing  # noqa: E402
 from inferegator.store.ledger import cost_usd  # noqa: E402
 from inferegator.store.store import Store  # noqa: E402
-from inferegator_plugins.auth_api_keys import KeyCache  # noqa: E402
 
 
 def per_call_us(fn, n: int) -> float:

@@ -45,7 +45,7 @@ def model_not_found(model: str) -> GatewayError:
                              "to it.", "invalid_request_error", "model_not_found", "model")
 
 
-def not_found(path: str) -> GatewayError:
+def unknown_url(path: str) -> GatewayError:
     return GatewayError(404, f"Unknown request URL: {path}. Please check the URL for typos.",
                         "invalid_request_error", "unknown_url")
 
@@ -58,6 +58,26 @@ def method_not_allowed(method: str, path: str) -> GatewayError:
 def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, f"The request body exceeds the limit of {limit} bytes.",
                         "invalid_request_error", "request_too_large")
+
+
+def model_not_allowed(model_id: str) -> GatewayError:
+    return GatewayError(403, f"This API key may not use the model '{model_id}'.",
+                        "invalid_request_error", "model_not_allowed", "model")
+
+
+def permission_denied() -> GatewayError:
+    return GatewayError(403, "This endpoint requires an admin API key.",
+                        "invalid_request_error", "permission_denied")
+
+
+def not_found(kind: str, ident: str, param: str | None = None) -> GatewayError:
+    return GatewayError(404, f"No {kind} with id '{ident}'.", "invalid_request_error",
+                        "not_found", param)
+
+
+def email_taken(email: str) -> GatewayError:
+    return GatewayError(409, f"A user with the email '{email}' exists already.",
+                        "invalid_request_error", "email_taken", "email")
 
 
 def model_unavailable(model: str) -> GatewayError:

@@ -10,27 +10,18 @@ store's public records only: never a password or key hash.
 import falcon
 
 from inferegator import hookimpl
-from inferegator.errors import GatewayError, invalid_api_key, invalid_request
+from inferegator.errors import (
+    email_taken,
+    invalid_api_key,
+    invalid_request,
+    not_found,
+    permission_denied,
+)
 from inferegator.gateway.pipeline import read_body
 from inferegator.gateway.request import ClientRequest
 from inferegator.store import api_validation as check
 from inferegator.store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
 from inferegator.store.ledger import usage_summary
-
-
-def permission_denied() -> GatewayError:
-    return GatewayError(403, "This endpoint requires an admin API key.",
-                        "invalid_request_error", "permission_denied")
-
-
-def not_found(kind: str, ident: str, param: str | None = None) -> GatewayError:
-    return GatewayError(404, f"No {kind} with id '{ident}'.", "invalid_request_error",
-                        "not_found", param)
-
-
-def email_taken(email: str) -> GatewayError:
-    return GatewayError(409, f"A user with the email '{email}' exists already.",
-                        "invalid_request_error", "email_taken", "email")
 
 
 def authenticate(gateway, req, admin: bool = False):

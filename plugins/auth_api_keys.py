@@ -10,7 +10,7 @@ import time
 
 from inferegator import hookimpl
 from inferegator.auth import Principal, bearer_token
-from inferegator.errors import GatewayError
+from inferegator.errors import model_not_allowed
 from inferegator.store.secrets import looks_like_key
 
 
@@ -35,11 +35,6 @@ class KeyCache:
             self._entries.clear()
         self._entries[secret] = (record, now + self.ttl_s)
         return record
-
-
-def model_not_allowed(model_id: str) -> GatewayError:
-    return GatewayError(403, f"This API key may not use the model '{model_id}'.",
-                        "invalid_request_error", "model_not_allowed", "model")
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from ..errors import (
     internal_error,
     method_not_allowed,
     model_not_found,
-    not_found,
+    unknown_url,
 )
 from .pipeline import Pipeline
 from .request import CHAT, COMPLETIONS, ClientRequest
@@ -83,7 +83,7 @@ def _gateway_error(req, resp, exc, params):
 
 def _http_error(req, resp, exc, params):
     if exc.status_code == 404:
-        error = not_found(req.path)
+        error = unknown_url(req.path)
     elif exc.status_code == 405:
         error = method_not_allowed(req.method, req.path)
     else:

@@ -78,3 +78,7 @@ class ClientWatch:
 
     def close(self):
         self._stop()
+
+
+def _noop():
+    pass
