@@ -55,7 +55,7 @@ def inferegator_authenticate(gateway, request):
                      attributes={"key": record})
 
 
-@hookimpl
+@hookimpl(tryfirst=True)
 def inferegator_admit(principal, model):
     key = principal.attributes.get("key")
     if key is not None and key.allowed_models is not None and model.id not in key.allowed_models:

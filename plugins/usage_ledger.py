@@ -5,7 +5,6 @@ shutdown hook writes what is left, so a graceful stop loses no row.
 """
 
 from inferegator import hookimpl
-from inferegator.store.ledger import cost_usd
 
 
 @hookimpl
@@ -23,17 +22,12 @@ def inferegator_request_finished(gateway, outcome):
     principal = outcome.principal
     if principal is None:
         return  # never authenticated: nobody to bill
-    usage = outcome.usage or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    model = gateway.catalog.get(outcome.model_id)
-    cost = cost_usd(model.pricing, prompt, completion, cached) if model else 0.0
     gateway.store.ledger.record({
         "request_id": outcome.request_id, "key_id": principal.key_id,
         "user_id": principal.owner, "model": outcome.model_id, "backend": outcome.backend,
-        "prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached,
-        "cost_usd": cost, "status": outcome.status, "http_status": outcome.http_status,
+        "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+        "cached_tokens": outcome.cached_tokens, "cost_usd": outcome.cost_usd,
+        "status": outcome.status, "http_status": outcome.http_status,
         "latency_ms": outcome.latency_s * 1000.0,
         "ttft_ms": outcome.ttft_s * 1000.0 if outcome.ttft_s is not None else None,
         "created": outcome.started,

@@ -39,3 +39,13 @@ def postgres():
     server = PostgresServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private Redis for the whole session (Debian's redis-server, a free port)."""
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

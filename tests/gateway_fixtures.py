@@ -17,9 +17,16 @@ MODEL = "acme/sim-chat"
 _databases = itertools.count()
 
 
-def gateway_yaml(sims, *, model=MODEL, fallbacks=(), extra="", backend_extra="", server=()):
+# Limits high enough that tests about something else never meet them.
+UNLIMITED = {"requests_per_minute": 10 ** 9, "tokens_per_minute": 10 ** 12}
+
+
+def gateway_yaml(sims, *, model=MODEL, fallbacks=(), extra="", backend_extra="", server=(),
+                 ratelimit=None):
     """A config serving `model` from the given simulators (primaries, then fallbacks)."""
+    limits = {**UNLIMITED, **(ratelimit or {})}
     lines = ["server:", "  health_check_interval_s: 0.5", *(f"  {s}" for s in server),
+             "ratelimit:", *(f"  {k}: {v}" for k, v in limits.items()),
              "models:", f"  - id: {model}", "    owned_by: acme",
              "    pricing: {prompt: 1.0, completion: 2.0, cached_prompt: 0.5}",
              "    capabilities: [chat, completions, streaming]", "    backends:"]

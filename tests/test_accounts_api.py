@@ -40,6 +40,7 @@ def gateway_yaml(sim, storage: str) -> str:
                    "    capabilities: [chat, completions, streaming]",
                    f"    backends: [{{type: sglang, url: '{sim.url}', model: sim-model}}]"]
     return "\n".join(["server:", "  health_check_interval_s: 0.5", f"storage: {storage}",
+                      "ratelimit: {requests_per_minute: 1000000, tokens_per_minute: 1000000000}",
                       "auth:", "  key_cache_ttl_s: 0", "models:", *models]) + "\n"
 
 

@@ -152,10 +152,11 @@ def test_create_use_and_revoke_a_key(start_sim, start_gateway, storage):
 
 
 def test_revocation_holds_across_two_workers_within_the_bound(start_sim, start_gateway,
-                                                              tmp_path):
+                                                              tmp_path, redis_server):
     storage = f"sqlite:///{tmp_path}/two-workers.db"
     sim = start_sim("--instant")
-    gateway = start_gateway(gateway_yaml([sim]), "--workers", "2", storage=storage)
+    gateway = start_gateway(gateway_yaml([sim], ratelimit={"store": redis_server.url}),
+                            "--workers", "2", storage=storage)
     headers = {"Authorization": f"Bearer {gateway.key}"}
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1}
     pids = set()
@@ -217,9 +218,11 @@ def test_no_secret_in_clear_in_the_database_or_the_logs(start_sim, start_gateway
     assert secret not in log and secret_part not in log  # ...and carries no key
 
 
-def test_a_thousand_concurrent_requests_lose_no_row(start_sim, start_gateway, storage):
+def test_a_thousand_concurrent_requests_lose_no_row(start_sim, start_gateway, storage,
+                                                    redis_server):
     sim = start_sim("--instant")
-    gateway = start_gateway(gateway_yaml([sim]), "--workers", "2", storage=storage)
+    gateway = start_gateway(gateway_yaml([sim], ratelimit={"store": redis_server.url}),
+                            "--workers", "2", storage=storage)
     headers = {"Authorization": f"Bearer {gateway.key}"}
     bodies = [{"model": MODEL, "messages": [{"role": "user", "content": f"request {i}"}],
                "max_tokens": 3} for i in range(1000)]
@@ -232,10 +235,11 @@ def test_a_thousand_concurrent_requests_lose_no_row(start_sim, start_gateway, st
 
 
 def test_sigterm_under_load_loses_no_row_for_an_answered_request(start_sim, start_gateway,
-                                                                 storage):
+                                                                 storage, redis_server):
     sim = start_sim("--decode-ms-per-token", "2")
     # No periodic write happens during the test: only the shutdown flush can save the rows.
-    gateway = start_gateway(gateway_yaml([sim], server=["ledger_flush_interval_s: 600"]),
+    gateway = start_gateway(gateway_yaml([sim], server=["ledger_flush_interval_s: 600"],
+                                         ratelimit={"store": redis_server.url}),
                             "--workers", "2", storage=storage)
     answered, stop = [], threading.Event()
 

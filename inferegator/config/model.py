@@ -64,11 +64,31 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """Per-key limits on one model, on top of the key's own."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    store: str = "memory"  # memory (one worker) or redis://host:6379/0
+    requests_per_minute: int = 60
+    tokens_per_minute: int = 100_000
+    window_s: float = 60.0
+    default_max_tokens: int = 1024
+    on_store_error: str = "closed"  # closed: 503; open: admit and log a warning
+    models: dict = field(default_factory=dict)  # model id -> ModelLimits
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     models: tuple[ModelConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: str = "sqlite:///./inferegator.db"
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings

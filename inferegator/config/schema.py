@@ -17,7 +17,9 @@ from .model import (
     BackendConfig,
     Config,
     ModelConfig,
+    ModelLimits,
     Pricing,
+    RateLimitConfig,
     RuntimeConfig,
     ServerConfig,
 )
@@ -484,12 +486,34 @@ AUTH = Section(
             "Email of the admin created, with a printed key, when the store has no user."),
 )
 
+MODEL_LIMITS = Section(
+    ModelLimits,
+    Setting("requests_per_minute", Int(min=1), "Requests per key per window on this model."),
+    Setting("tokens_per_minute", Int(min=1), "Tokens per key per window on this model."),
+)
+
+RATELIMIT = Section(
+    RateLimitConfig,
+    Setting("store", String(), "`memory` (one worker only) or a Redis URL such as "
+            "`redis://127.0.0.1:6379/0` (needed with several workers or replicas)."),
+    Setting("requests_per_minute", Int(min=1), "Default requests per key per window."),
+    Setting("tokens_per_minute", Int(min=1), "Default tokens per key per window."),
+    Setting("window_s", Float(above=0), "The sliding window the limits count over; 60 "
+            "makes them per minute."),
+    Setting("default_max_tokens", Int(min=1), "Completion tokens reserved for a request "
+            "that sets no max_tokens, when its model sets no default_max_tokens."),
+    Setting("on_store_error", Enum("closed", "open"), "When Redis is unreachable: `closed` "
+            "answers 503, `open` admits and logs a warning."),
+    Setting("models", Mapping(MODEL_LIMITS), "Extra per-key limits on given model ids."),
+)
+
 CONFIG = Section(
     Config,
     Setting("models", ListOf(MODEL, min_items=1, unique="id"), "The models served."),
     Setting("server", SERVER, "HTTP server."),
     Setting("storage", String(), "Database for accounts, keys and the usage ledger: "
             "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
+    Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
     Setting("auth", AUTH, "Client authentication."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),

@@ -96,6 +96,12 @@ def run_serve(args) -> int:
     from ..serving.gunicorn_app import EmbeddedGunicorn
 
     server = config.server
+    workers = args.workers or server.workers
+    if workers > 1 and config.ratelimit.store == "memory":
+        print("inferegator: ratelimit.store is 'memory', which counts per process, so "
+              f"{workers} workers would each admit a key's full limit. Use one worker, or "
+              "set ratelimit.store to a Redis URL (redis://host:6379/0).", file=sys.stderr)
+        return 2
     # Runtimes may name this installation's own `inferegator` or `python`.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get(
         "PATH", "")
@@ -139,7 +145,7 @@ def run_serve(args) -> int:
 
     options = {
         "bind": args.bind or server.bind,
-        "workers": args.workers or server.workers,
+        "workers": workers,
         "worker_connections": args.worker_connections or server.worker_connections,
         "graceful_timeout": int(server.graceful_timeout_s),
         "keepalive": 75,

@@ -22,7 +22,12 @@ class RequestOutcome:
     status: str = COMPLETED
     http_status: int = 200
     usage: dict | None = None  # the backend's usage object, when it sent one
+    prompt_tokens: int = 0  # from usage (0 when none came)
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0  # at the model's prices
     latency_s: float = 0.0
     ttft_s: float | None = None
     error: str | None = None
     attempts: list = field(default_factory=list)  # backends tried, in order
+    request: object = None  # the GatewayRequest (body, principal, plugin_data)

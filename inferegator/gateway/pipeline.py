@@ -22,6 +22,7 @@ from ..errors import (
     upstream_failed,
 )
 from ..serving.disconnect import ClientDisconnected, ClientWatch
+from ..store.ledger import cost_usd
 from . import outcome as ends
 from .outcome import RequestOutcome
 from .relay import SSERelay, rewrite_json
@@ -45,7 +46,7 @@ class Pipeline:
         req.context.gateway_request = greq
         resp.set_header("X-Request-ID", greq.request_id)
         outcome = RequestOutcome(greq.request_id, endpoint, greq.model_id, greq.stream,
-                                 time.time())
+                                 time.time(), request=greq)
         try:
             self._admit(greq, outcome)
             model = self.gateway.catalog.get(greq.model_id)
@@ -216,6 +217,16 @@ class Pipeline:
         outcome.latency_s = time.perf_counter() - started
         if error is not None:
             outcome.http_status, outcome.error = error.status, error.message
+        usage = outcome.usage
+        if usage:
+            outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
+            outcome.cached_tokens = int(
+                (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+            model = self.gateway.catalog.get(outcome.model_id)
+            if model is not None:
+                outcome.cost_usd = cost_usd(model.pricing, outcome.prompt_tokens,
+                                            outcome.completion_tokens, outcome.cached_tokens)
         try:
             self.hook.inferegator_request_finished(gateway=self.gateway, outcome=outcome)
         except Exception:  # a metering plugin's failure must not fail the answer

@@ -42,6 +42,7 @@ class GatewayRequest(ClientRequest):
     n: int
     principal: object = None
     response_headers: dict = field(default_factory=dict)  # set by hooks (e.g. rate limits)
+    plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
 
 
 def _int(body, name, minimum, maximum=None):

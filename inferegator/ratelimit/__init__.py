@@ -1,0 +1,1 @@
+"""Per-key rate limits and budgets: sliding-window admission with reconciliation."""

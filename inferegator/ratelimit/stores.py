@@ -1,0 +1,125 @@
+"""Sliding-window counters: in memory (one worker) or in Redis (shared, one script call).
+
+Both answer ``admit(limits, member, window_ms)`` all or nothing over every limit of
+a request, and ``reconcile(limit_key, member, amount)`` to correct an amount later.
+Each admission is remembered (member -> amount) until it leaves the window, which is
+what makes counts exact: a limit of N admits N in any window, never N + 1.
+"""
+
+import pathlib
+import time
+from collections import deque
+from dataclasses import dataclass
+
+_LUA = pathlib.Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One counter to check: its key, its maximum per window, the amount asked now."""
+
+    key: str
+    maximum: int
+    amount: int
+
+
+@dataclass
+class Decision:
+    admitted: bool
+    retry_after_ms: int  # -1: can never fit (the amount exceeds the limit)
+    now_ms: int
+    used: list  # per limit, after this admission if admitted
+    oldest_ms: list  # per limit, the oldest admission still counted (-1: none)
+
+
+class StoreUnavailable(Exception):
+    """The shared counter store could not be reached."""
+
+
+class MemoryWindowStore:
+    """Counters of one process (one gunicorn worker, gevent: no locks needed)."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self._windows: dict[str, tuple[deque, dict, list]] = {}
+
+    def _window(self, key, now, window_ms):
+        entries, amounts, total = self._windows.setdefault(key, (deque(), {}, [0]))
+        while entries and entries[0][0] <= now - window_ms:
+            _, member = entries.popleft()
+            total[0] -= amounts.pop(member, 0)
+        return entries, amounts, total
+
+    def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
+        now = int(self.clock() * 1000)
+        used, oldest, admitted, retry = [], [], True, 0
+        for limit in limits:
+            entries, amounts, total = self._window(limit.key, now, window_ms)
+            used.append(total[0])
+            oldest.append(entries[0][0] if entries else -1)
+            if total[0] + limit.amount > limit.maximum:
+                admitted = False
+                if limit.amount > limit.maximum:
+                    retry = -1
+                elif retry >= 0:
+                    need, freed = total[0] + limit.amount - limit.maximum, 0
+                    for ts, old in entries:
+                        freed += amounts[old]
+                        if freed >= need:
+                            retry = max(retry, ts + window_ms - now)
+                            break
+        if admitted:
+            for i, limit in enumerate(limits):
+                entries, amounts, total = self._windows[limit.key]
+                entries.append((now, member))
+                amounts[member] = limit.amount
+                total[0] += limit.amount
+                used[i] += limit.amount
+                if oldest[i] < 0:
+                    oldest[i] = now
+        return Decision(admitted, retry, now, used, oldest)
+
+    def reconcile(self, key: str, member: str, amount: int) -> None:
+        window = self._windows.get(key)
+        if window is None or member not in window[1]:
+            return  # it left the window already
+        window[2][0] += amount - window[1][member]
+        window[1][member] = amount
+
+
+class RedisWindowStore:
+    """Counters shared by every worker and replica: one Lua script call per admission."""
+
+    def __init__(self, url: str, timeout_s: float = 0.5):
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                           socket_connect_timeout=timeout_s)
+        self._errors = (redis.RedisError, OSError)
+        self._admit = self._redis.register_script((_LUA / "window.lua").read_text())
+        self._reconcile = self._redis.register_script((_LUA / "reconcile.lua").read_text())
+
+    def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
+        keys, args = [], [window_ms, member]
+        for limit in limits:
+            keys += [limit.key + ":z", limit.key + ":h", limit.key + ":sum"]
+            args += [limit.maximum, limit.amount]
+        try:
+            out = self._admit(keys=keys, args=args)
+        except self._errors as exc:
+            raise StoreUnavailable(str(exc)) from None
+        values = [int(v) for v in out]
+        return Decision(values[0] == 1, values[1], values[2], values[3::2], values[4::2])
+
+    def reconcile(self, key: str, member: str, amount: int) -> None:
+        try:
+            self._reconcile(keys=[key + ":h", key + ":sum"], args=[member, amount])
+        except self._errors as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+
+def open_window_store(url: str):
+    """`memory` or a redis:// (rediss://, unix://) URL."""
+    if url == "memory":
+        return MemoryWindowStore()
+    return RedisWindowStore(url)
