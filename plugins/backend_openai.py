@@ -11,8 +11,8 @@ class OpenAIBackend(BackendAdapter):
 
     type_name = "openai"
 
-    def __init__(self, config, model_id: str):
-        super().__init__(config, model_id)
+    def __init__(self, config, model_id: str, resilience=None):
+        super().__init__(config, model_id, resilience)
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
 
     def endpoint_url(self, endpoint: str) -> str:

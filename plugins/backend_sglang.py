@@ -20,6 +20,23 @@ class SGLangBackend(BackendAdapter):
     def health_url(self) -> str:
         return self.url + "/health"
 
+    def poll_load(self) -> dict | None:
+        """num_running_reqs + num_waiting_reqs from /v1/loads (older runtimes: /get_load)."""
+        try:
+            resp = self.session.get(self.url + "/v1/loads", params={"include": "core"},
+                                    timeout=1.0)
+            if resp.status_code == 200:
+                ranks = resp.json().get("loads") or []
+                return {"running": sum(r.get("num_running_reqs", 0) for r in ranks),
+                        "waiting": sum(r.get("num_waiting_reqs", 0) for r in ranks)}
+            resp = self.session.get(self.url + "/get_load", timeout=1.0)
+            if resp.status_code == 200:
+                ranks = resp.json()
+                return {"running": sum(r.get("num_reqs", 0) for r in ranks), "waiting": 0}
+        except (requests.RequestException, ValueError, AttributeError, TypeError):
+            pass
+        return None
+
     def discover(self) -> dict:
         """context_length and max_running_requests from /server_info (older: /get_server_info)."""
         for path in ("/server_info", "/get_server_info"):

@@ -10,7 +10,9 @@ import time
 import requests
 from requests.adapters import HTTPAdapter
 
+from ..config.model import ResilienceConfig
 from ..errors import GatewayError
+from .health import CircuitBreaker
 
 RETRYABLE_STATUSES = frozenset((429, 500, 502, 503, 504))
 
@@ -55,7 +57,7 @@ class BackendAdapter:
     # continuous_usage_stats), so a stream cut short can still be metered exactly.
     supports_continuous_usage = False
 
-    def __init__(self, config, model_id: str):
+    def __init__(self, config, model_id: str, resilience=None):
         self.config = config
         self.url = config.url.rstrip("/")
         self.upstream_model = config.model or model_id
@@ -64,10 +66,17 @@ class BackendAdapter:
         self.name = f"{config.type}:{self.url}"
         self.timeout = (config.connect_timeout_s, config.read_timeout_s)
         self.session = pooled_session(config.pool_size)
-        self.healthy = True  # optimistic until a probe or a request says otherwise
+        resilience = resilience or ResilienceConfig()
+        self.probe_ok = True  # optimistic until a probe says otherwise
+        self.drained = False  # taken out of rotation by an operator
+        self.breaker = CircuitBreaker(resilience.breaker_failures, resilience.breaker_open_s)
         self.in_flight = 0
         self.last_failure = 0.0
         self.failed_probes = 0
+        self.passed_probes = 0
+        # The runtime's own load as it last reported it (SGLang /v1/loads), or None:
+        # {"running": int, "waiting": int, "at": monotonic seconds}
+        self.reported_load = None
         self._posts = {}
 
     # -- what a backend type defines ------------------------------------------------------
@@ -85,6 +94,19 @@ class BackendAdapter:
     def discover(self) -> dict:
         """Facts the backend reports about itself, e.g. {"context_length": 131072}."""
         return {}
+
+    def poll_load(self) -> dict | None:
+        """The runtime's own load, {"running": n, "waiting": n}, if it reports one."""
+        return None
+
+    @property
+    def load(self) -> float:
+        """Requests on this backend: what the runtime reported, or at least what this
+        worker has in flight there (the report lags; our own count does not)."""
+        reported = self.reported_load
+        if reported is None:
+            return float(self.in_flight)
+        return float(max(reported["running"] + reported["waiting"], self.in_flight))
 
     # -- shared behaviour -----------------------------------------------------------------
 
@@ -106,10 +128,29 @@ class BackendAdapter:
         except requests.RequestException:
             return False
 
-    def mark_failed(self) -> None:
-        """Passive health: a transport failure or 5xx takes the backend out until a probe."""
-        self.healthy = False
+    @property
+    def healthy(self) -> bool:
+        """In rotation: probes pass, not drained, circuit not open (half-open counts)."""
+        return self.probe_ok and not self.drained and self.breaker.usable()
+
+    def mark_failed(self, refused: bool = False) -> None:
+        """Passive health: a failed request; a refused connection opens the circuit at once."""
         self.last_failure = time.monotonic()
+        if refused:
+            self.breaker.trip(refused=True)
+        else:
+            self.breaker.failure()
+
+    def mark_succeeded(self) -> None:
+        self.breaker.success()
+
+    def state(self) -> dict:
+        """What an operator sees in the admin API."""
+        return {"name": self.name, "url": self.url, "type": self.type_name,
+                "role": self.role, "weight": self.weight, "healthy": self.healthy,
+                "probe_ok": self.probe_ok, "drained": self.drained,
+                "circuit": self.breaker.state, "consecutive_failures": self.breaker.failures,
+                "in_flight": self.in_flight, "reported_load": self.reported_load}
 
     def translate_error(self, status: int, content: bytes) -> GatewayError:
         """An upstream error in OpenAI's shape, from SGLang's flat or OpenAI's nested form."""

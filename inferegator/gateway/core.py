@@ -1,6 +1,7 @@
 """The Gateway: configuration, plugins, catalog and backend health, built once per worker."""
 
 import logging
+import time
 
 import gevent
 from gevent.pool import Pool
@@ -8,9 +9,6 @@ from gevent.pool import Pool
 from ..catalog import Catalog, CatalogModel
 
 log = logging.getLogger("inferegator.gateway")
-# A slow probe on a busy machine is not an outage; refused connections eject at once
-# (passive health in the pipeline).
-FAILED_PROBES_TO_EJECT = 2
 
 
 class GatewayBuildError(ValueError):
@@ -36,12 +34,12 @@ class Gateway:
         # Hook results come in LIFO order (user plugins first); built-ins must not override.
         backend_types = _merged(reversed(self.hook.inferegator_register_backends()))
         policies = _merged(reversed(self.hook.inferegator_register_routing_policies()))
-        self.catalog = Catalog([self._build_model(m, backend_types, policies)
+        self.catalog = Catalog([self._build_model(m, backend_types, policies, config.resilience)
                                 for m in config.models])
-        self._health_greenlet = None
+        self._greenlets = []
 
     @staticmethod
-    def _build_model(model_config, backend_types, policies) -> CatalogModel:
+    def _build_model(model_config, backend_types, policies, resilience) -> CatalogModel:
         if model_config.routing not in policies:
             raise GatewayBuildError(
                 f"model {model_config.id!r}: unknown routing policy {model_config.routing!r} "
@@ -52,24 +50,30 @@ class Gateway:
                 raise GatewayBuildError(
                     f"model {model_config.id!r}: unknown backend type {backend.type!r} "
                     f"(available: {', '.join(sorted(backend_types))})")
-            backends.append(backend_types[backend.type](backend, model_config.id))
+            backends.append(backend_types[backend.type](backend, model_config.id, resilience))
         return CatalogModel(model_config, backends, policies[model_config.routing])
 
     # -- backend health -------------------------------------------------------------------
 
     def check_health(self) -> None:
         """Probe every backend once, concurrently; learn context lengths on first success."""
+        resilience = self.config.resilience
         backends = list(self.catalog.backends())
-        results = Pool(16).map(lambda b: b.probe(), backends)
+        timeout = resilience.health_check_timeout_s
+        results = Pool(16).map(lambda b: b.probe(timeout), backends)
         for backend, ok in zip(backends, results):
-            backend.failed_probes = 0 if ok else backend.failed_probes + 1
-            if ok and not backend.healthy:
-                log.warning("backend %s is healthy again", backend.name)
-                backend.healthy = True
-            elif backend.healthy and backend.failed_probes >= FAILED_PROBES_TO_EJECT:
-                log.warning("backend %s failed %d health checks", backend.name,
-                            backend.failed_probes)
-                backend.healthy = False
+            if ok:
+                backend.failed_probes, backend.passed_probes = 0, backend.passed_probes + 1
+                backend.breaker.probe_passed()
+                if not backend.probe_ok and backend.passed_probes >= resilience.healthy_after:
+                    log.warning("backend %s passes its health checks again", backend.name)
+                    backend.probe_ok = True
+            else:
+                backend.passed_probes, backend.failed_probes = 0, backend.failed_probes + 1
+                if backend.probe_ok and backend.failed_probes >= resilience.unhealthy_after:
+                    log.warning("backend %s failed %d health checks", backend.name,
+                                backend.failed_probes)
+                    backend.probe_ok = False
         for model in self.catalog.models.values():
             if model.context_length is None:
                 for backend in model.backends:
@@ -78,22 +82,37 @@ class Gateway:
                             "context_length")
                         break
 
-    def start_health_checks(self) -> None:
-        interval = self.config.server.health_check_interval_s
+    def poll_loads(self) -> None:
+        """Read each runtime's own load (SGLang /v1/loads), and operators' drains."""
+        backends = list(self.catalog.backends())
+        loads = Pool(16).map(lambda b: b.poll_load(), backends)
+        now = time.monotonic()
+        for backend, load in zip(backends, loads):
+            backend.reported_load = None if load is None else {**load, "at": now}
+        if self.store is not None:
+            drained = self.store.drained_backends()
+            for backend in backends:
+                backend.drained = backend.name in drained
 
+    def _every(self, interval, work, what):
         def loop():
             while True:
                 try:
-                    self.check_health()
-                except Exception:  # a probe bug must not end health checking
-                    log.exception("health check failed")
+                    work()
+                except Exception:  # a bug here must not end the loop
+                    log.exception("%s failed", what)
                 gevent.sleep(interval)
 
-        self._health_greenlet = gevent.spawn(loop)
+        self._greenlets.append(gevent.spawn(loop))
+
+    def start_health_checks(self) -> None:
+        server = self.config.server
+        self._every(server.health_check_interval_s, self.check_health, "health check")
+        self._every(server.load_poll_interval_s, self.poll_loads, "load poll")
 
     def stop(self) -> None:
-        if self._health_greenlet is not None:
-            self._health_greenlet.kill(block=False)
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
 
     def ready(self) -> dict:
         """Readiness: each model's healthy backend count; ready when every model has one."""

@@ -5,12 +5,14 @@ client: a stream's first event is read from the backend before the response star
 """
 
 import logging
+import random
 import time
 
 import gevent
 import requests
 
 from ..backends.base import RETRYABLE_STATUSES
+from ..backends.health import RetryBudget
 from ..errors import (
     GatewayError,
     body_too_large,
@@ -39,6 +41,9 @@ class Pipeline:
         self.gateway = gateway
         self.hook = gateway.hook
         self.max_body_bytes = gateway.config.server.max_body_bytes
+        self.resilience = gateway.config.resilience
+        self.retry_budget = RetryBudget(self.resilience.retry_budget_ratio,
+                                        self.resilience.retry_budget_min_per_s)
 
     def handle(self, endpoint: str, req, resp) -> None:
         started = time.perf_counter()
@@ -125,7 +130,22 @@ class Pipeline:
             body["stream_options"] = {**client_options, "include_usage": True}
         headers = {"X-Request-ID": greq.request_id}
         last_error = None
+        attempts = 0
+        self.retry_budget.request()
         for backend in ordered or ():
+            if attempts >= self.resilience.max_attempts:
+                break
+            if not backend.breaker.usable():
+                continue  # open, or half-open with its one trial already running
+            if attempts:
+                if not self.retry_budget.try_retry():
+                    log.warning("retry budget spent; not retrying %s", greq.request_id)
+                    break
+                delay_ms = self.resilience.retry_backoff_ms * 2 ** (attempts - 1)
+                gevent.sleep(delay_ms * random.uniform(0.5, 1.5) / 1000)
+            if not backend.breaker.begin():
+                continue  # another request took the half-open trial meanwhile
+            attempts += 1
             body["model"] = backend.upstream_model
             if greq.stream and backend.supports_continuous_usage:
                 body["stream_options"]["continuous_usage_stats"] = True
@@ -149,21 +169,28 @@ class Pipeline:
                                                      "credentials.")
                         continue
                     if status not in RETRYABLE_STATUSES:
-                        raise error  # the request's own fault: another backend won't help
-                    if status in (502, 503, 504):
+                        backend.mark_succeeded()  # it answered; the request was at fault
+                        raise error  # another backend won't help
+                    if status != 429:
                         backend.mark_failed()
                     last_error = error
                     continue
                 first = _first_events(upstream, backend, model, greq) if greq.stream else None
+            except ClientDisconnected:
+                backend.in_flight -= 1
+                backend.breaker.release()
+                raise
             except requests.RequestException as exc:
                 backend.in_flight -= 1
                 if watch.gone:
+                    backend.breaker.release()
                     raise ClientDisconnected() from None
                 log.warning("backend %s failed: %s", backend.name, exc.__class__.__name__)
-                backend.mark_failed()
+                backend.mark_failed(refused=_refused(exc))
                 continue
             finally:
                 watch.waiting = False
+            backend.mark_succeeded()
             outcome.backend = backend.name
             return backend, upstream, first
         if last_error is not None:
@@ -231,6 +258,21 @@ class Pipeline:
             self.hook.inferegator_request_finished(gateway=self.gateway, outcome=outcome)
         except Exception:  # a metering plugin's failure must not fail the answer
             log.exception("inferegator_request_finished failed for %s", outcome.request_id)
+
+
+def _refused(exc) -> bool:
+    """A refused connection: the runtime is down, not slow (the circuit opens at once)."""
+    stack, looked = [exc], 0
+    while stack and looked < 12:
+        error = stack.pop()
+        looked += 1
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        for cause in (getattr(error, "reason", None), error.__cause__, error.__context__,
+                      *error.args):
+            if isinstance(cause, BaseException):
+                stack.append(cause)
+    return False
 
 
 def _first_events(upstream, backend, model, greq):

@@ -95,8 +95,8 @@ def _check_prompt(prompt):
                           "or an array of token ids.", "prompt", "invalid_type")
 
 
-def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
-    """Validate a /v1/chat/completions or /v1/completions body; 400 naming the field if bad."""
+def json_object(raw: bytes) -> dict:
+    """A request body as a JSON object; 400 invalid_json for anything else."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -104,6 +104,12 @@ def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
                               "must be valid JSON.", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("The request body must be a JSON object.", None, "invalid_json")
+    return body
+
+
+def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
+    """Validate a /v1/chat/completions or /v1/completions body; 400 naming the field if bad."""
+    body = json_object(raw)
     model = body.get("model")
     if model is None:
         raise invalid_request("Missing required parameter: 'model'.", "model",

@@ -5,12 +5,13 @@ field, so the admin API, the user API and ``inferegator users/keys`` share one s
 rules. Limits are capped at 2**31 - 1 because PostgreSQL stores them as INTEGER.
 """
 
-import json
+
 import math
 import re
 from datetime import date
 
 from ..errors import invalid_request
+from ..gateway.request import json_object  # noqa: F401  (re-exported for the API)
 from .accounts import ROLES
 
 MIN_PASSWORD = 12
@@ -34,18 +35,6 @@ def _type_error(param: str, expected: str):
 
 def _value_error(param: str, message: str):
     return invalid_request(f"Invalid value for '{param}': {message}", param, "invalid_value")
-
-
-def json_object(raw: bytes) -> dict:
-    """The body as a JSON object; 400 for malformed JSON or any other JSON value."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("We could not parse the JSON body of your request. The body "
-                              "must be valid JSON.", None, "invalid_json") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", None, "invalid_json")
-    return body
 
 
 def only(fields: dict, allowed, required=(), where: str = "parameter") -> None:

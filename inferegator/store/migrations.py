@@ -46,6 +46,11 @@ MIGRATIONS = [
         "CREATE INDEX usage_ledger_key_day ON usage_ledger (key_id, day)",
         "CREATE INDEX usage_ledger_user_day ON usage_ledger (user_id, day)",
     ]),
+    (2, "backends drained by an operator, shared by every worker and replica", [
+        """CREATE TABLE backend_drains (
+            name TEXT PRIMARY KEY,
+            drained_at DOUBLE PRECISION NOT NULL)""",
+    ]),
 ]
 
 _SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}

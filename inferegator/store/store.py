@@ -15,6 +15,19 @@ class Store:
         self.accounts = Accounts(self.db)
         self.ledger = UsageLedger(self.db, self.accounts, ledger_flush_interval_s)
 
+    def drained_backends(self) -> set[str]:
+        """Names of the backends an operator has drained (read by every worker's poll)."""
+        return {r["name"] for r in self.db.query("SELECT name FROM backend_drains")}
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        import time
+
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM backend_drains WHERE name = ?", (name,))
+            if drained:
+                cur.execute("INSERT INTO backend_drains (name, drained_at) VALUES (?, ?)",
+                            (name, time.time()))
+
     def close(self) -> None:
         self.ledger.close()
         self.db.close()
