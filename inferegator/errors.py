@@ -8,6 +8,11 @@ AuthenticationError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerEr
 import json
 
 
+class GatewayBuildError(ValueError):
+    """The configuration asks for something no plugin provides (a backend type, a routing
+    policy, a policy option): found when the gateway is built, before it serves."""
+
+
 class GatewayError(Exception):
     """An error answered to the client in OpenAI's shape."""
 

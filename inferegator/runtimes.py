@@ -4,6 +4,10 @@ The ``inferegator serve`` master owns these processes. It is not gevent-patched,
 daemon thread watches them. Health is probed only for reporting: nothing here waits for a runtime
 to become healthy, so a slow starter (an SGLang runtime loading weights) never holds up the
 gateway; routing learns a backend's health on its own.
+
+A runtime of ``type: sglang`` is launched as ``python -m sglang.launch_server ...`` with the flags
+and ``CUDA_VISIBLE_DEVICES`` that sglang_launch.py derives from its settings, and probed on
+SGLang's ``/health`` unless it names its own health URL.
 """
 
 import http.client
@@ -16,6 +20,7 @@ import time
 import urllib.request
 
 from .config.model import RuntimeConfig
+from .sglang_launch import health_url, sglang_command
 
 LOG = logging.getLogger(__name__)
 
@@ -54,6 +59,15 @@ def probe(url: str, timeout: float) -> bool:
         return False
 
 
+def launch_spec(config: RuntimeConfig) -> tuple[list[str], dict[str, str]]:
+    """The argv a runtime runs and the variables it gets on top of the gateway's environment."""
+    if config.type == "sglang":
+        return sglang_command(config)
+    if not config.command:
+        raise ValueError(f"runtime {config.name} has no command")
+    return list(config.command), {key: str(value) for key, value in config.env.items()}
+
+
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False when the group no longer exists."""
     try:
@@ -68,6 +82,8 @@ class _Runtime:
 
     def __init__(self, config: RuntimeConfig):
         self.config = config
+        # A type sglang runtime always has one: SGLang's /health on its host and port.
+        self.health = health_url(config) if config.type == "sglang" else config.health
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -179,10 +195,10 @@ class RuntimeSupervisor:
     def _probe_all(self, timeout: float) -> bool:
         with self._lock:
             targets = [(runtime, runtime.proc) for runtime in self._runtimes
-                       if runtime.config.health]
+                       if runtime.health]
         results = []
         for runtime, proc in targets:  # probed outside the lock: a slow answer blocks no one
-            healthy = proc is not None and probe(runtime.config.health, timeout)
+            healthy = proc is not None and probe(runtime.health, timeout)
             with self._lock:
                 if runtime.proc is proc:  # not restarted meanwhile: the answer is about it
                     runtime.healthy = healthy
@@ -226,14 +242,14 @@ class RuntimeSupervisor:
 
     def _launch(self, runtime: _Runtime, now: float) -> None:
         name = runtime.config.name
-        env = {**os.environ, **{key: str(value) for key, value in runtime.config.env.items()}}
         out = None
         try:
+            argv, extra_env = launch_spec(runtime.config)
             if self._log_dir:
                 out = open(os.path.join(self._log_dir, name.replace(os.sep, "_") + ".log"), "ab")
             # A session of its own: stop() can signal the whole group, and a Ctrl-C at the
             # master's terminal reaches the master only, which then stops runtimes in order.
-            runtime.proc = self._popen(list(runtime.config.command), env=env,
+            runtime.proc = self._popen(argv, env={**os.environ, **extra_env},
                                        stdin=subprocess.DEVNULL, stdout=out,
                                        stderr=subprocess.STDOUT if out else None,
                                        start_new_session=True)

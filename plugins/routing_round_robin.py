@@ -9,6 +9,8 @@ from inferegator.routing import RoutingPolicy
 class RoundRobinPolicy(RoutingPolicy):
     """Each request starts at the next primary; the others follow as failover order."""
 
+    options = {}  # takes no routing_options: a misplaced one is a configuration error
+
     def __init__(self, model):
         super().__init__(model)
         self._counter = itertools.count()

@@ -163,6 +163,42 @@ def test_slow_starter_does_not_block_start(supervise):
     assert only(supervisor)["healthy"] is False and only(supervisor)["running"]
 
 
+def test_sglang_runtime_runs_its_launcher_with_its_gpus_and_restarts(supervise):
+    """A type sglang runtime, with the simulator as its launcher: derived argv, env, health."""
+    launches = []
+
+    def popen(argv, **kwargs):
+        launches.append((argv, kwargs["env"]))
+        proc = subprocess.Popen(argv, **kwargs)
+        supervise.launched.append(proc)
+        return proc
+
+    runtime = RuntimeConfig(name="sglang-a", type="sglang", model_path="acme/weights",
+                            port=free_port(), gpu_ids=(1, 3),
+                            launcher_module="inferegator.simulator.launch_server",
+                            env={"INFEREGATOR_SIM_ARGS": "--instant"})
+    assert runtime.command is None and runtime.health is None  # both derived
+    supervisor = supervise(runtime, popen=popen)
+    assert supervisor.wait_healthy(10)  # probed on SGLang's /health at its host and port
+    url = f"http://127.0.0.1:{runtime.port}"
+    with urllib.request.urlopen(url + "/v1/models", timeout=5) as resp:
+        assert b'"id": "acme/weights"' in resp.read()  # no served name: the model path
+    [(argv, env)] = launches
+    assert argv == [sys.executable, "-m", "inferegator.simulator.launch_server",
+                    "--model-path", "acme/weights", "--host", "127.0.0.1",
+                    "--port", str(runtime.port), "--tp-size", "2"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3" and env["INFEREGATOR_SIM_ARGS"] == "--instant"
+    assert env["PATH"] == os.environ["PATH"]  # on top of the supervisor's own environment
+
+    old_pid = only(supervisor)["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    status = wait_until(lambda: (s := only(supervisor))["running"] and s["pid"] != old_pid
+                        and s, timeout=10)
+    assert status["restarts"] == 1 and status["exit_code"] == -signal.SIGKILL
+    assert supervisor.wait_healthy(10)
+    assert launches[1] == launches[0]
+
+
 @pytest.mark.parametrize("previous, uptime, expected", [
     (None, 0, 1), (1, 0.5, 2), (16, 3, 30), (30, 10, 30), (30, 60, 1),
 ])

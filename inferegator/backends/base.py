@@ -67,7 +67,7 @@ class BackendAdapter:
         self.timeout = (config.connect_timeout_s, config.read_timeout_s)
         self.session = pooled_session(config.pool_size)
         resilience = resilience or ResilienceConfig()
-        self.probe_ok = True  # optimistic until a probe says otherwise
+        self.probe_ok = None  # unknown until the first probe, which decides either way
         self.drained = False  # taken out of rotation by an operator
         self.breaker = CircuitBreaker(resilience.breaker_failures, resilience.breaker_open_s)
         self.in_flight = 0
@@ -75,7 +75,8 @@ class BackendAdapter:
         self.failed_probes = 0
         self.passed_probes = 0
         # The runtime's own load as it last reported it (SGLang /v1/loads), or None:
-        # {"running": int, "waiting": int, "at": monotonic seconds}
+        # {"running": int, "waiting": int, "ours": this worker's in-flight count when
+        # polled, "at": monotonic seconds}
         self.reported_load = None
         self._posts = {}
 
@@ -101,12 +102,14 @@ class BackendAdapter:
 
     @property
     def load(self) -> float:
-        """Requests on this backend: what the runtime reported, or at least what this
-        worker has in flight there (the report lags; our own count does not)."""
+        """Requests on this backend: this worker's own in-flight count (exact, current)
+        plus what the runtime reported beyond what this worker had in flight when it was
+        polled (the other workers' and replicas' share, which only the runtime knows)."""
         reported = self.reported_load
         if reported is None:
             return float(self.in_flight)
-        return float(max(reported["running"] + reported["waiting"], self.in_flight))
+        others = reported["running"] + reported["waiting"] - reported["ours"]
+        return float(self.in_flight + max(others, 0))
 
     # -- shared behaviour -----------------------------------------------------------------
 
@@ -131,7 +134,7 @@ class BackendAdapter:
     @property
     def healthy(self) -> bool:
         """In rotation: probes pass, not drained, circuit not open (half-open counts)."""
-        return self.probe_ok and not self.drained and self.breaker.usable()
+        return self.probe_ok is not False and not self.drained and self.breaker.usable()
 
     def mark_failed(self, refused: bool = False) -> None:
         """Passive health: a failed request; a refused connection opens the circuit at once."""

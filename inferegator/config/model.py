@@ -11,6 +11,7 @@ class ServerConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     graceful_timeout_s: float = 30.0
     health_check_interval_s: float = 5.0
+    load_poll_interval_s: float = 1.0
     ledger_flush_interval_s: float = 0.2
 
 
@@ -45,16 +46,30 @@ class ModelConfig:
     pricing: Pricing = field(default_factory=Pricing)
     capabilities: tuple[str, ...] = ("chat", "completions", "streaming")
     routing: str = "round_robin"
+    routing_options: dict = field(default_factory=dict)  # the policy's own settings
     default_max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     name: str
-    command: tuple[str, ...]
-    health: str | None = None
+    command: tuple[str, ...] | None = None  # type sglang: derived (sglang_launch) when loaded
+    health: str | None = None  # type sglang: http://host:port/health when loaded
     restart: bool = True
     env: dict = field(default_factory=dict)
+    type: str = "command"  # command | sglang
+    # type sglang only: `python -m <launcher_module>` with SGLang's launch_server flags.
+    model_path: str | None = None
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    gpu_ids: tuple[int, ...] = ()  # -> CUDA_VISIBLE_DEVICES; --tp-size defaults to its length
+    tp_size: int | None = None
+    context_length: int | None = None
+    mem_fraction_static: float | None = None
+    extra_args: tuple[str, ...] = ()
+    python: str | None = None  # None: the gateway's own interpreter (sys.executable)
+    launcher_module: str = "sglang.launch_server"
 
 
 @dataclass(frozen=True)
@@ -83,12 +98,28 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True)
+class ResilienceConfig:
+    """Health checks, circuit breakers and retries (docs/routing.md)."""
+
+    health_check_timeout_s: float = 2.0
+    unhealthy_after: int = 2  # failed probes that take a backend out
+    healthy_after: int = 1  # passed probes that bring it back
+    breaker_failures: int = 5  # consecutive failed requests that open a backend's circuit
+    breaker_open_s: float = 10.0  # open this long, then one half-open trial
+    max_attempts: int = 3  # backends tried per request, the first included
+    retry_backoff_ms: float = 25.0  # before the second attempt; doubles, with jitter
+    retry_budget_ratio: float = 0.2  # retries may add at most this share of requests
+    retry_budget_min_per_s: float = 3.0  # retries always allowed at this rate
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     models: tuple[ModelConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: str = "sqlite:///./inferegator.db"
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings

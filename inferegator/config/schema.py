@@ -20,6 +20,7 @@ from .model import (
     ModelLimits,
     Pricing,
     RateLimitConfig,
+    ResilienceConfig,
     RuntimeConfig,
     ServerConfig,
 )
@@ -428,6 +429,8 @@ SERVER = Section(
     Setting("graceful_timeout_s", Float(min=0),
             "Seconds requests in flight get to finish on shutdown or reload."),
     Setting("health_check_interval_s", Float(above=0), "Seconds between backend health checks."),
+    Setting("load_poll_interval_s", Float(above=0),
+            "Seconds between reads of each SGLang runtime's own load (/v1/loads)."),
     Setting("ledger_flush_interval_s", Float(above=0),
             "Seconds between batched usage-ledger writes; a graceful stop writes the rest."),
 )
@@ -464,17 +467,147 @@ MODEL = Section(
     Setting("capabilities", ListOf(String()),
             "What the model supports, e.g. chat, completions, streaming, tools, json_schema."),
     Setting("routing", String(), "Routing policy (a plugin) that orders this model's backends."),
+    Setting("routing_options", FreeDict(), "The routing policy's own settings (see "
+            "docs/routing.md)."),
     Setting("default_max_tokens", Int(min=1),
             "Completion tokens to reserve for token limits when a request sets no max_tokens."),
 )
 
-RUNTIME = Section(
+class Port(Int):
+    """A TCP port number."""
+
+    def __init__(self):
+        super().__init__(min=1)
+        self.name = "integer 1-65535"
+
+    def check(self, value, where):
+        value = super().check(value, where)
+        if value is not INVALID and value > 65535:
+            return where.fail(f"must be <= 65535, got {value}")
+        return value
+
+
+RUNTIME_TYPES = ("command", "sglang")
+# Settings that only a type sglang runtime reads.
+SGLANG_ONLY = ("model_path", "served_model_name", "host", "port", "gpu_ids", "tp_size",
+               "context_length", "mem_fraction_static", "extra_args", "python",
+               "launcher_module")
+
+
+class RuntimeSection(Section):
+    """A `runtimes:` entry: which settings apply depends on its `type`.
+
+    A type sglang runtime's `command` and default `health` are derived from its model, port and
+    GPUs (inferegator/sglang_launch.py), so every loaded RuntimeConfig has a command to show.
+    """
+
+    def values(self, value, where):
+        values = super().values(value, where)
+        if not isinstance(value, dict):
+            return values
+        kind = "command" if value.get("type") is None else value.get("type")
+        if kind not in RUNTIME_TYPES:
+            return values  # the type's own check reported it
+        found = len(where.problems)
+        self._check_settings_for(kind, value, where)
+        if values is not INVALID and kind == "sglang" and len(where.problems) == found:
+            self._check_sglang(values, value, where)
+        if values is INVALID or len(where.problems) > found:
+            return INVALID
+        if kind == "sglang":
+            from ..sglang_launch import health_url, sglang_command
+
+            runtime = self.cls(**values)
+            values["command"] = tuple(sglang_command(runtime)[0])
+            values["health"] = health_url(runtime)
+        return values
+
+    @staticmethod
+    def _check_settings_for(kind: str, value, where) -> None:
+        """Settings that the runtime's type requires, or does not allow."""
+        def at(name):
+            return where.field(name, key_line(value, name))
+
+        def missing(name, why=""):
+            at(name).fail(f"is required{why}, got null" if name in value
+                          else f"required field is missing{why}")
+
+        given = {key for key, item in value.items() if item is not None}
+        if kind == "command":
+            if "command" not in given:
+                missing("command")
+            for name in SGLANG_ONLY:
+                if name in given:
+                    at(name).fail("only for type sglang; this runtime's type is 'command'")
+            return
+        if "command" in given:
+            at("command").fail(
+                "not allowed with type sglang: the command is derived from model_path, port "
+                "and the other settings; put more launch_server flags in extra_args")
+        for name in ("model_path", "port"):
+            if name not in given:
+                missing(name, " for type sglang")
+
+    @staticmethod
+    def _check_sglang(values: dict, value, where) -> None:
+        """What only the checked values tell: GPUs, tensor parallelism, extra flags."""
+        from ..sglang_launch import flag_conflict
+
+        gpu_ids, tp_size = values["gpu_ids"], values["tp_size"]
+        at_gpus = where.field("gpu_ids", key_line(value, "gpu_ids"))
+        for i, gpu in enumerate(gpu_ids):
+            if gpu in gpu_ids[:i]:
+                at_gpus.item(i, item_line(value["gpu_ids"], i)).fail(f"GPU {gpu} is listed twice")
+        if gpu_ids and tp_size is not None and tp_size > len(gpu_ids):
+            where.field("tp_size", key_line(value, "tp_size")).fail(
+                f"{tp_size} tensor-parallel ranks need {tp_size} GPUs, but gpu_ids lists "
+                f"{len(gpu_ids)}")
+        if gpu_ids and "CUDA_VISIBLE_DEVICES" in values["env"]:
+            env = where.field("env", key_line(value, "env"))
+            env.field("CUDA_VISIBLE_DEVICES", key_line(value["env"], "CUDA_VISIBLE_DEVICES")).fail(
+                "is set from gpu_ids; give one or the other")
+        at_extra = where.field("extra_args", key_line(value, "extra_args"))
+        for i, arg in enumerate(values["extra_args"]):
+            field = flag_conflict(arg)
+            if field:
+                at_extra.item(i, item_line(value["extra_args"], i)).fail(
+                    f"{arg.split('=', 1)[0]} is set by the '{field}' setting; set that instead")
+
+
+RUNTIME = RuntimeSection(
     RuntimeConfig,
     Setting("name", String(), "Name in logs and status; unique."),
-    Setting("command", ListOf(String(), min_items=1, split=True), "Program and its arguments."),
-    Setting("health", URL(), "URL that answers 200 once the runtime is ready."),
+    Setting("type", Enum(*RUNTIME_TYPES),
+            "`command` runs `command` as written; `sglang` runs SGLang's `python -m "
+            "sglang.launch_server` with flags made from the settings marked sglang below "
+            "(install it with `pip install inferegator[sglang]`)."),
+    Setting("command", ListOf(String(), min_items=1, split=True),
+            "Program and its arguments; required for type `command`. Type `sglang` derives it "
+            "and does not allow it."),
+    Setting("health", URL(), "URL that answers 200 once the runtime is ready; type `sglang`: "
+            "unset means `http://<host>:<port>/health`."),
     Setting("restart", Bool(), "Restart the process when it exits."),
     Setting("env", Mapping(EnvValue()), "Extra environment variables for the process."),
+    Setting("model_path", String(), "sglang, required: `--model-path`, a local folder or a "
+            "Hugging Face repo id."),
+    Setting("served_model_name", String(), "sglang: `--served-model-name`, the model name the "
+            "runtime answers to (a backend's `model`); unset: the model path."),
+    Setting("host", String(), "sglang: `--host`, the address the runtime listens on."),
+    Setting("port", Port(), "sglang, required: `--port`."),
+    Setting("gpu_ids", ListOf(Int(min=0)), "sglang: the GPUs the runtime may use, passed as "
+            "`CUDA_VISIBLE_DEVICES`; unset: inherited from the gateway."),
+    Setting("tp_size", Int(min=1), "sglang: `--tp-size`, tensor-parallel ranks; unset: one per "
+            "GPU in `gpu_ids` (1 without)."),
+    Setting("context_length", Int(min=1), "sglang: `--context-length`; unset: the model's own."),
+    Setting("mem_fraction_static", Float(above=0, max=1), "sglang: `--mem-fraction-static`, "
+            "the share of GPU memory for weights and KV cache; unset: SGLang's choice."),
+    Setting("extra_args", ListOf(String(), split=True), "sglang: more launch_server flags, "
+            "passed as written after the derived ones, e.g. `[--trust-remote-code]`."),
+    Setting("python", String(), "sglang: the Python interpreter that has SGLang installed; "
+            "unset: the gateway's own."),
+    Setting("launcher_module", String(), "sglang: the module run with `python -m`; "
+            "`inferegator.simulator.launch_server` serves the same entry from the simulator "
+            "(no GPU needed)."),
 )
 
 AUTH = Section(
@@ -507,6 +640,24 @@ RATELIMIT = Section(
     Setting("models", Mapping(MODEL_LIMITS), "Extra per-key limits on given model ids."),
 )
 
+RESILIENCE = Section(
+    ResilienceConfig,
+    Setting("health_check_timeout_s", Float(above=0), "Seconds a health probe may take."),
+    Setting("unhealthy_after", Int(min=1), "Failed probes in a row that take a backend out."),
+    Setting("healthy_after", Int(min=1), "Passed probes in a row that bring it back."),
+    Setting("breaker_failures", Int(min=1), "Failed requests in a row (connect errors, "
+            "timeouts, 5xx) that open a backend's circuit."),
+    Setting("breaker_open_s", Float(above=0), "Seconds a circuit stays open before one "
+            "half-open trial request."),
+    Setting("max_attempts", Int(min=1), "Backends tried per request (first included), "
+            "before the first byte reaches the client."),
+    Setting("retry_backoff_ms", Float(min=0), "Wait before the second attempt; doubles per "
+            "attempt, with jitter."),
+    Setting("retry_budget_ratio", Float(min=0), "Retries may add at most this share of "
+            "requests (over 10 s), so failures do not multiply load."),
+    Setting("retry_budget_min_per_s", Float(min=0), "Retries always allowed at this rate."),
+)
+
 CONFIG = Section(
     Config,
     Setting("models", ListOf(MODEL, min_items=1, unique="id"), "The models served."),
@@ -514,6 +665,7 @@ CONFIG = Section(
     Setting("storage", String(), "Database for accounts, keys and the usage ledger: "
             "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
     Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
+    Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),

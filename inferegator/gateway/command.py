@@ -54,8 +54,9 @@ def run_check_config(args) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from ..errors import GatewayBuildError
     from ..plugin_manager import get_plugin_manager
-    from .core import Gateway, GatewayBuildError
+    from .core import Gateway
 
     try:
         gateway = Gateway(config, get_plugin_manager())

@@ -7,12 +7,9 @@ import gevent
 from gevent.pool import Pool
 
 from ..catalog import Catalog, CatalogModel
+from ..errors import GatewayBuildError
 
 log = logging.getLogger("inferegator.gateway")
-
-
-class GatewayBuildError(ValueError):
-    """The configuration names a backend type or routing policy no plugin provides."""
 
 
 def _merged(results) -> dict:
@@ -65,12 +62,16 @@ class Gateway:
             if ok:
                 backend.failed_probes, backend.passed_probes = 0, backend.passed_probes + 1
                 backend.breaker.probe_passed()
-                if not backend.probe_ok and backend.passed_probes >= resilience.healthy_after:
+                if backend.probe_ok is None:
+                    backend.probe_ok = True
+                elif not backend.probe_ok and backend.passed_probes >= resilience.healthy_after:
                     log.warning("backend %s passes its health checks again", backend.name)
                     backend.probe_ok = True
             else:
                 backend.passed_probes, backend.failed_probes = 0, backend.failed_probes + 1
-                if backend.probe_ok and backend.failed_probes >= resilience.unhealthy_after:
+                if backend.probe_ok is None:
+                    backend.probe_ok = False  # never seen healthy: it joins once it is
+                elif backend.probe_ok and backend.failed_probes >= resilience.unhealthy_after:
                     log.warning("backend %s failed %d health checks", backend.name,
                                 backend.failed_probes)
                     backend.probe_ok = False
@@ -85,10 +86,12 @@ class Gateway:
     def poll_loads(self) -> None:
         """Read each runtime's own load (SGLang /v1/loads), and operators' drains."""
         backends = list(self.catalog.backends())
+        ours = [b.in_flight for b in backends]  # what this worker had there when asking
         loads = Pool(16).map(lambda b: b.poll_load(), backends)
         now = time.monotonic()
-        for backend, load in zip(backends, loads):
-            backend.reported_load = None if load is None else {**load, "at": now}
+        for backend, load, mine in zip(backends, loads, ours):
+            backend.reported_load = None if load is None else {**load, "ours": mine,
+                                                               "at": now}
         if self.store is not None:
             drained = self.store.drained_backends()
             for backend in backends:
@@ -115,7 +118,8 @@ class Gateway:
             greenlet.kill(block=False)
 
     def ready(self) -> dict:
-        """Readiness: each model's healthy backend count; ready when every model has one."""
-        models = {m.id: sum(b.healthy for b in m.backends)
+        """Readiness: each model's healthy backend count (a probe must have passed); ready
+        when every model has one."""
+        models = {m.id: sum(b.healthy and b.probe_ok is True for b in m.backends)
                   for m in self.catalog.models.values()}
         return {"ready": all(models.values()), "healthy_backends": models}
