@@ -104,14 +104,22 @@ class Gateway:
                     work()
                 except Exception:  # a bug here must not end the loop
                     log.exception("%s failed", what)
-                gevent.sleep(interval)
+                gevent.sleep(interval())
 
         self._greenlets.append(gevent.spawn(loop))
 
     def start_health_checks(self) -> None:
         server = self.config.server
-        self._every(server.health_check_interval_s, self.check_health, "health check")
-        self._every(server.load_poll_interval_s, self.poll_loads, "load poll")
+
+        def health_interval():
+            # A backend not yet seen healthy (a runtime still starting) is probed often,
+            # so that it joins within half a second of being ready.
+            waiting = any(b.probe_ok is not True for b in self.catalog.backends())
+            return min(server.health_check_interval_s, 0.5) if waiting \
+                else server.health_check_interval_s
+
+        self._every(health_interval, self.check_health, "health check")
+        self._every(lambda: server.load_poll_interval_s, self.poll_loads, "load poll")
 
     def stop(self) -> None:
         for greenlet in self._greenlets:
