@@ -92,6 +92,7 @@ def gateway_yaml(sim_url: str, storage: str) -> str:
         "server:",
         "  workers: 1",
         f"storage: '{storage}'",
+        "ratelimit: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}",
         "models:",
         f"  - id: {PUBLIC_MODEL}",
         "    owned_by: acme",

@@ -118,12 +118,16 @@ class RateLimiter:
         if decision.admitted:
             request.plugin_data["rate_limits"] = (member, limits)
             return None
-        for limit, used in zip(limits, decision.used):
-            if used + limit.amount > limit.maximum:
-                kind = "requests" if limit.key.endswith(":requests") else "tokens"
-                return rate_limited(kind, limit.maximum, used, limit.amount,
-                                    decision.retry_after_ms, self.config.window_s)
-        return limiter_unavailable()  # unreachable: a refusal names a limit
+        # Name the limit that refused: one that can never fit first (no retry helps), else
+        # the first one over; the wait is the longest any refusing limit needs.
+        refusing = [(limit, used) for limit, used in zip(limits, decision.used)
+                    if used + limit.amount > limit.maximum]
+        refusing.sort(key=lambda pair: pair[0].amount <= pair[0].maximum)
+        limit, used = refusing[0]
+        kind = "requests" if limit.key.endswith(":requests") else "tokens"
+        retry_ms = -1 if limit.amount > limit.maximum else max(decision.retry_after_ms, 0)
+        return rate_limited(kind, limit.maximum, used, limit.amount, retry_ms,
+                            self.config.window_s)
 
     def finished(self, request, outcome) -> None:
         """Set the token reservation to the real usage once the request has ended."""

@@ -39,7 +39,7 @@ class StoreUnavailable(Exception):
 class MemoryWindowStore:
     """Counters of one process (one gunicorn worker, gevent: no locks needed)."""
 
-    def __init__(self, clock=time.time):
+    def __init__(self, clock=time.monotonic):  # monotonic: a clock step cannot reorder
         self.clock = clock
         self._windows: dict[str, tuple[deque, dict, list]] = {}
 
@@ -93,9 +93,12 @@ class RedisWindowStore:
     def __init__(self, url: str, timeout_s: float = 0.5):
         import redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s,
-                                           socket_connect_timeout=timeout_s)
-        self._errors = (redis.RedisError, OSError)
+        # Bounded: a stalled Redis must not make each worker open a connection per request.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=timeout_s,
+                                                     socket_timeout=timeout_s,
+                                                     socket_connect_timeout=timeout_s)
+        self._redis = redis.Redis(connection_pool=pool)
+        self._errors = (redis.RedisError, OSError)  # incl. the pool's wait timing out
         self._admit = self._redis.register_script((_LUA / "window.lua").read_text())
         self._reconcile = self._redis.register_script((_LUA / "reconcile.lua").read_text())
 

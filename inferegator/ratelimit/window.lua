@@ -35,15 +35,21 @@ for i = 1, n do
     if amount > limit then
       retry = -1
     elseif retry >= 0 then
-      -- wait until enough of the oldest admissions have left the window
-      local need, freed = used[i] + amount - limit, 0
-      local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        freed = freed + (tonumber(redis.call('HGET', h, entries[j])) or 0)
-        if freed >= need then
-          retry = math.max(retry, tonumber(entries[j + 1]) + window - now)
-          break
+      -- wait until enough of the oldest admissions have left the window; read them in
+      -- slices, so a refusal on a long window costs what it needs, not the whole window
+      local need, freed, start, found = used[i] + amount - limit, 0, 0, false
+      while not found do
+        local entries = redis.call('ZRANGE', z, start, start + 63, 'WITHSCORES')
+        if #entries == 0 then break end
+        for j = 1, #entries, 2 do
+          freed = freed + (tonumber(redis.call('HGET', h, entries[j])) or 0)
+          if freed >= need then
+            retry = math.max(retry, tonumber(entries[j + 1]) + window - now)
+            found = true
+            break
+          end
         end
+        start = start + 64
       end
     end
   end
