@@ -1,5 +1,6 @@
 """The routing-policy contract: order a model's candidate backends for one request."""
 
+import random
 from typing import NamedTuple
 
 from .errors import GatewayBuildError
@@ -60,6 +61,16 @@ class RoutingPolicy:
         if len(primaries) == len(candidates):
             return primaries, []
         return primaries, [b for b in candidates if b.role != "primary"]
+
+
+class RandomizedPolicy(RoutingPolicy):
+    """A policy that draws at random: ``routing_options.seed`` makes its draws repeatable."""
+
+    options = {"seed": Option(None, int)}
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.random = random.Random(self.settings["seed"])
 
 
 def by_load(backends: list, rng) -> list:

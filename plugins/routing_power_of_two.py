@@ -4,21 +4,13 @@ Choosing between two at random keeps nearly all of least_load's balance while
 replicas whose load views lag do not all pile onto the same "least loaded" backend.
 """
 
-import random
-
 from inferegator import hookimpl
-from inferegator.routing import Option, RoutingPolicy, by_load
+from inferegator.routing import RandomizedPolicy, by_load
 
 
-class PowerOfTwoPolicy(RoutingPolicy):
+class PowerOfTwoPolicy(RandomizedPolicy):
     """The less loaded of two random primaries first, then the other primaries by load,
     then fallbacks in YAML order."""
-
-    options = {"seed": Option(None, int)}
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.random = random.Random(self.settings["seed"])
 
     def order(self, request, candidates):
         primaries, fallbacks = self.split_roles(candidates)

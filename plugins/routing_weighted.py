@@ -1,12 +1,10 @@
 """The ``weighted`` routing policy: primaries at random in proportion to their weight."""
 
-import random
-
 from inferegator import hookimpl
-from inferegator.routing import Option, RoutingPolicy
+from inferegator.routing import RandomizedPolicy
 
 
-class WeightedPolicy(RoutingPolicy):
+class WeightedPolicy(RandomizedPolicy):
     """A weighted random order of the primaries (weight 0: never first while another
     primary is a candidate), then fallbacks in YAML order.
 
@@ -14,12 +12,6 @@ class WeightedPolicy(RoutingPolicy):
     first (Efraimidis and Spirakis): the first is backend i with probability w_i / sum(w),
     and the failover order after it is weighted the same way.
     """
-
-    options = {"seed": Option(None, int)}
-
-    def __init__(self, model):
-        super().__init__(model)
-        self.random = random.Random(self.settings["seed"])
 
     def order(self, request, candidates):
         primaries, fallbacks = self.split_roles(candidates)
