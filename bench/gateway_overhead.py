@@ -75,6 +75,18 @@ STALL_MS = 30.0  # at concurrency 1 nothing here should take this long; 40 ms = 
 
 # -- servers ----------------------------------------------------------------------------------
 
+def stop_all(servers, conns_by_key) -> None:
+    """Close the client's connections, then stop every server started (last first)."""
+    for conns in conns_by_key.values():
+        for conn in conns:
+            conn.close()
+    for name, server in reversed(servers):
+        try:
+            server.stop()
+        except Exception as exc:  # keep stopping the others
+            print(f"# stopping {name} failed: {exc}", file=sys.stderr)
+
+
 def provision_key(storage: str) -> str:
     """A user and an API key in the gateway's store, as an operator would create them."""
     from inferegator.store.store import Store
@@ -87,12 +99,13 @@ def provision_key(storage: str) -> str:
         store.db.close()
 
 
-def gateway_yaml(sim_url: str, storage: str) -> str:
+def gateway_yaml(sim_url: str, storage: str, ratelimit_store: str = "memory") -> str:
     return "\n".join([
         "server:",
         "  workers: 1",
         f"storage: '{storage}'",
-        "ratelimit: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}",
+        f"ratelimit: {{store: '{ratelimit_store}', requests_per_minute: 1000000000, "
+        "tokens_per_minute: 1000000000000}",
         "models:",
         f"  - id: {PUBLIC_MODEL}",
         "    owned_by: acme",
@@ -510,14 +523,7 @@ def main() -> int:
         for name, server in servers:
             record["logs"][name] = server.output()[-4000:]
     finally:
-        for conns in conns_by_key.values():
-            for conn in conns:
-                conn.close()
-        for name, server in reversed(servers):
-            try:
-                server.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"# stopping {name} failed: {exc}", file=sys.stderr)
+        stop_all(servers, conns_by_key)
         shutil.rmtree(config_dir, ignore_errors=True)
 
     summary = summarise_record(record, targets, concurrencies)

@@ -389,12 +389,7 @@ def refusal_table(rows) -> str:
 def ratelimit_yaml(sim_url: str, storage: str, store: str) -> str:
     import gateway_overhead as go
 
-    return go.gateway_yaml(sim_url, storage) + "\n".join([
-        "ratelimit:",
-        f"  store: '{store}'",
-        f"  requests_per_minute: {RPM}",
-        f"  tokens_per_minute: {TPM}",
-    ]) + "\n"
+    return go.gateway_yaml(sim_url, storage, ratelimit_store=store)
 
 
 def end_to_end(redis, config_dir: str, args, servers: list, conns_by_key: dict) -> dict:
@@ -606,14 +601,7 @@ def main() -> int:
             record["e2e"] = end_to_end(redis, config_dir, args, servers, conns_by_key)
             print(f"# end to end done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     finally:
-        for conns in conns_by_key.values():
-            for conn in conns:
-                conn.close()
-        for name, server in reversed(servers):
-            try:
-                server.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"# stopping {name} failed: {exc}", file=sys.stderr)
+        go.stop_all(servers, conns_by_key)
         if redis is not None:
             try:
                 redis.stop()
