@@ -65,6 +65,8 @@ ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH_DIR))
 
+from gateway_overhead import machine_ticks, percentile  # noqa: E402  (bench/ on the path)
+
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import RateLimitConfig  # noqa: E402
 from inferegator.gateway.outcome import RequestOutcome  # noqa: E402
@@ -108,30 +110,11 @@ def make_outcome(request) -> RequestOutcome:
                           completion_tokens=USAGE["completion_tokens"], request=request)
 
 
-def percentile(values, q: float):
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def stats_us(samples_s: list) -> dict:
     us = [v * 1e6 for v in samples_s]
     return {"n": len(us), "mean_us": sum(us) / len(us) if us else None,
             "p50_us": percentile(us, 50), "p99_us": percentile(us, 99),
             "max_us": max(us) if us else None}
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat (as gateway_overhead.py reads them)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    total = sum(values[:8])
-    return total - idle, total
 
 
 def busy_share(m0, m1) -> float:
@@ -297,8 +280,8 @@ def throughput_worker(spec: dict) -> dict:
             # interrupts; 0 on an otherwise idle machine
             "other_cores": busy_share(m0, m1) * os.cpu_count()
             - ((own1.user + own1.system) - (own0.user + own0.system) + redis1 - redis0) / wall,
-            "redis_connections": len(pool._available_connections)
-            + len(pool._in_use_connections),
+            # connections the (bounded, blocking) pool has opened
+            "redis_connections": len(pool._connections),
         })
     store._redis.flushall()
     return {"results": results}
