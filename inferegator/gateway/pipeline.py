@@ -31,7 +31,6 @@ from .relay import SSERelay, rewrite_json
 from .request import parse_generation
 
 log = logging.getLogger("inferegator.gateway")
-_ENDPOINT_CAPABILITY = {"chat": "chat", "completions": "completions"}
 
 
 class Pipeline:
@@ -53,8 +52,7 @@ class Pipeline:
         outcome = RequestOutcome(greq.request_id, endpoint, greq.model_id, greq.stream,
                                  time.time(), request=greq)
         try:
-            self._admit(greq, outcome)
-            model = self.gateway.catalog.get(greq.model_id)
+            model = self._admit(greq, outcome)
             watch = ClientWatch(req.env)
             try:
                 backend, upstream, first = self._call_upstream(greq, model, outcome, watch)
@@ -103,19 +101,20 @@ class Pipeline:
         request.principal = principal
         return principal
 
-    def _admit(self, greq, outcome) -> None:
-        """Authenticate, resolve the model, and let every limiter vote."""
+    def _admit(self, greq, outcome):
+        """Authenticate, resolve the model, and let every limiter vote; the CatalogModel."""
         principal = outcome.principal = self.authenticate(greq)
         model = self.gateway.catalog.get(greq.model_id)
         if model is None:
             raise model_not_found(greq.model_id)
-        if _ENDPOINT_CAPABILITY[greq.endpoint] not in model.capabilities:
+        if greq.endpoint not in model.capabilities:  # "chat" and "completions" are both
             raise invalid_request(f"The model '{model.id}' does not support the "
                                   f"{greq.endpoint} endpoint.", "model", "unsupported_endpoint")
         for refusal in self.hook.inferegator_admit(gateway=self.gateway, principal=principal,
                                                    model=model, request=greq):
             if refusal is not None:
                 raise refusal
+        return model
 
     def _call_upstream(self, greq, model, outcome, watch):
         """Try backends in policy order until one starts answering; fail over before that."""
@@ -125,9 +124,9 @@ class Pipeline:
         ordered = self.hook.inferegator_select_backend(
             gateway=self.gateway, model=model, request=greq, candidates=candidates)
         body = dict(greq.body)
-        client_options = greq.body.get("stream_options") or {}
         if greq.stream:
-            body["stream_options"] = {**client_options, "include_usage": True}
+            body["stream_options"] = {**(greq.body.get("stream_options") or {}),
+                                      "include_usage": True}
         headers = {"X-Request-ID": greq.request_id}
         last_error = None
         attempts = 0
