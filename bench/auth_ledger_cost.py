@@ -26,7 +26,6 @@ from inferegator_plugins.auth_api_keys import KeyCache  # noqa: E402
 
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import Pricing  # noqa: E402
-from inferegator.store.ledger import cost_usd  # noqa: E402
 from inferegator.store.store import Store  # noqa: E402
 
 
@@ -41,7 +40,7 @@ def ledger_row(i: int, key_id: str, user_id: str) -> dict:
     usage = {"prompt_tokens": 120, "completion_tokens": 16, "cached_tokens": 64}
     return {"request_id": f"bench-{i}", "key_id": key_id, "user_id": user_id,
             "model": "acme/sim-chat", "backend": "sglang:http://127.0.0.1:30001",
-            **usage, "cost_usd": cost_usd(Pricing(1.0, 2.0, 0.5), 120, 16, 64),
+            **usage, "cost_usd": Pricing(1.0, 2.0, 0.5).cost_usd(120, 16, 64),
             "status": "completed", "http_status": 200, "latency_ms": 1.2, "ttft_ms": None,
             "created": time.time()}
 

@@ -69,7 +69,8 @@ from gateway_overhead import machine_ticks, percentile  # noqa: E402  (bench/ on
 
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import RateLimitConfig  # noqa: E402
-from inferegator.gateway.outcome import RequestOutcome  # noqa: E402
+from inferegator.gateway.outcome import RequestOutcome, Usage  # noqa: E402
+from inferegator.gateway.request import estimate_prompt_tokens  # noqa: E402
 from inferegator.ratelimit.limiter import RateLimiter  # noqa: E402
 from inferegator.ratelimit.stores import MemoryWindowStore, RedisWindowStore  # noqa: E402
 from inferegator.store.accounts import KeyRecord  # noqa: E402
@@ -81,7 +82,7 @@ PROMPT = "Summarise in one sentence why a prefix cache helps a chat service."
 BODY = {"model": "acme/sim-chat", "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": 16}
 MODEL = SimpleNamespace(id="acme/sim-chat", default_max_tokens=None)
-USAGE = {"prompt_tokens": 20, "completion_tokens": 16, "total_tokens": 36}
+USAGE = Usage(prompt_tokens=20, completion_tokens=16)
 
 
 # -- the limiter and its inputs, as the plugin sees them ---------------------------------
@@ -101,13 +102,13 @@ def make_principal(key_id: str) -> Principal:
 
 def make_request(i: int):
     return SimpleNamespace(body=BODY, max_tokens=16, n=1, request_id=f"req-{i}",
+                           prompt_estimate=estimate_prompt_tokens("chat", BODY),
                            response_headers={}, plugin_data={})
 
 
 def make_outcome(request) -> RequestOutcome:
     return RequestOutcome(request.request_id, "chat", MODEL.id, False, time.time(),
-                          usage=USAGE, prompt_tokens=USAGE["prompt_tokens"],
-                          completion_tokens=USAGE["completion_tokens"], request=request)
+                          usage=USAGE, request=request)
 
 
 def stats_us(samples_s: list) -> dict:

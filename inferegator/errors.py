@@ -7,6 +7,18 @@ AuthenticationError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerEr
 
 import json
 
+ECHO_CHARS = 80  # the most of a client's own input an error message repeats
+
+
+def shown(value, limit: int = ECHO_CHARS) -> str:
+    """A client-supplied value for an error message: repr'd, cut to ``limit`` characters."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return "a number too large to show"  # repr of a huge int is slow, or refused
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return repr(text) if isinstance(value, str) else text
+
 
 class GatewayBuildError(ValueError):
     """The configuration asks for something no plugin provides (a backend type, a routing
@@ -35,6 +47,15 @@ class GatewayError(Exception):
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
+class UpstreamFault(Exception):
+    """A backend broke the protocol or a bound (malformed event, too large, too slow): its
+    fault, counted against it; ``error`` is what the client gets if no failover helps."""
+
+    def __init__(self, error: GatewayError):
+        super().__init__(error.message)
+        self.error = error
+
+
 def invalid_request(message: str, param: str | None = None,
                     code: str | None = None) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error", code, param)
@@ -46,17 +67,17 @@ def invalid_api_key(message: str = "Incorrect API key provided.") -> GatewayErro
 
 
 def model_not_found(model: str) -> GatewayError:
-    return GatewayError(404, f"The model '{model}' does not exist or you do not have access "
-                             "to it.", "invalid_request_error", "model_not_found", "model")
+    return GatewayError(404, f"The model {shown(model)} does not exist or you do not have "
+                             "access to it.", "invalid_request_error", "model_not_found", "model")
 
 
 def unknown_url(path: str) -> GatewayError:
-    return GatewayError(404, f"Unknown request URL: {path}. Please check the URL for typos.",
-                        "invalid_request_error", "unknown_url")
+    return GatewayError(404, f"Unknown request URL: {shown(path, 200)}. Please check the URL "
+                             "for typos.", "invalid_request_error", "unknown_url")
 
 
 def method_not_allowed(method: str, path: str) -> GatewayError:
-    return GatewayError(405, f"Method {method} is not allowed on {path}.",
+    return GatewayError(405, f"Method {shown(method, 20)} is not allowed on {shown(path, 200)}.",
                         "invalid_request_error", "method_not_allowed")
 
 
@@ -76,17 +97,17 @@ def permission_denied() -> GatewayError:
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> GatewayError:
-    return GatewayError(404, f"No {kind} with id '{ident}'.", "invalid_request_error",
+    return GatewayError(404, f"No {kind} with id {shown(ident)}.", "invalid_request_error",
                         "not_found", param)
 
 
 def email_taken(email: str) -> GatewayError:
-    return GatewayError(409, f"A user with the email '{email}' exists already.",
+    return GatewayError(409, f"A user with the email {shown(email)} exists already.",
                         "invalid_request_error", "email_taken", "email")
 
 
 def model_unavailable(model: str) -> GatewayError:
-    return GatewayError(503, f"The model '{model}' is temporarily unavailable: no healthy "
+    return GatewayError(503, f"The model {shown(model)} is temporarily unavailable: no healthy "
                              "backend. Please retry shortly.", "server_error",
                         "model_unavailable")
 
@@ -94,6 +115,16 @@ def model_unavailable(model: str) -> GatewayError:
 def upstream_failed(detail: str = "") -> GatewayError:
     message = "The model backend failed while answering."
     return GatewayError(502, f"{message} {detail}".strip(), "server_error", "upstream_error")
+
+
+def upstream_too_large(what: str, limit: int) -> GatewayError:
+    return GatewayError(502, f"The model backend sent {what} larger than the gateway's limit of "
+                             f"{limit} bytes.", "server_error", "upstream_too_large")
+
+
+def upstream_timeout(seconds: float) -> GatewayError:
+    return GatewayError(504, f"The model backend did not finish answering within {seconds:g} s.",
+                        "server_error", "upstream_timeout")
 
 
 def internal_error() -> GatewayError:

@@ -10,6 +10,7 @@ store's public records only: never a password or key hash.
 import falcon
 
 from inferegator import hookimpl
+from inferegator.body import read_json
 from inferegator.errors import (
     email_taken,
     invalid_api_key,
@@ -17,7 +18,6 @@ from inferegator.errors import (
     not_found,
     permission_denied,
 )
-from inferegator.gateway.pipeline import read_body
 from inferegator.gateway.request import ClientRequest
 from inferegator.store import api_validation as check
 from inferegator.store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
@@ -36,7 +36,7 @@ def authenticate(gateway, req, admin: bool = False):
 
 
 def _body(gateway, req) -> dict:
-    return check.json_object(read_body(req, gateway.config.server.max_body_bytes))
+    return read_json(req, gateway.config.server)
 
 
 def _user(record: dict) -> dict:

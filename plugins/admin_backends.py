@@ -8,9 +8,8 @@ of rotation at its next load poll (``server.load_poll_interval_s``, 1 s by defau
 from inferegator_plugins.accounts_api import authenticate
 
 from inferegator import hookimpl
+from inferegator.body import read_json
 from inferegator.errors import invalid_request, not_found
-from inferegator.gateway.pipeline import read_body
-from inferegator.gateway.request import json_object
 
 
 class Backends:
@@ -35,7 +34,7 @@ class Drain:
 
     def on_post(self, req, resp):
         authenticate(self.gateway, req, admin=True)
-        body = json_object(read_body(req, self.gateway.config.server.max_body_bytes))
+        body = read_json(req, self.gateway.config.server)
         name = body.get("backend")
         if not isinstance(name, str) or not name:
             raise invalid_request("'backend' must name a backend, as GET /v1/admin/backends "

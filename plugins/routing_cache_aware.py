@@ -9,6 +9,7 @@ balanced, and a hot prefix spills over to the next runtime instead of swamping o
 """
 
 from inferegator import hookimpl
+from inferegator.gateway.request import CHAT
 from inferegator.routing import Option
 from inferegator.routing_ring import RingPolicy
 
@@ -96,9 +97,8 @@ class CacheAwarePolicy(RingPolicy):
         if key is not None:
             return key
         body = request.body
-        messages = body.get("messages")
-        if isinstance(messages, list):
-            return chat_key(messages, self.system_prompt_min_chars, self.key_max_chars)
+        if request.endpoint == CHAT:
+            return chat_key(body["messages"], self.system_prompt_min_chars, self.key_max_chars)
         return prompt_key(body.get("prompt"), self.prompt_prefix_chars)
 
     def order(self, request, candidates):

@@ -7,7 +7,7 @@ import openai
 import pytest
 import requests
 
-from inferegator.ratelimit.limiter import estimate_prompt_tokens
+from inferegator.gateway.request import estimate_prompt_tokens
 from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision, sdk
 from tests.support.processes import GatewayServer, wait_until
@@ -24,7 +24,7 @@ def chat_body(max_tokens=5, **extra):
 
 
 def reservation(body):
-    return estimate_prompt_tokens(body) + body["max_tokens"]
+    return estimate_prompt_tokens("chat", body) + body["max_tokens"]
 
 
 def two_instances(start_gateway, tmp_path, sim, redis_url, **limits):

@@ -208,11 +208,12 @@ def test_no_secret_in_clear_in_the_database_or_the_logs(start_sim, start_gateway
     ledger_rows(storage, 2, key_id=gateway.key_id)
     secret = gateway.key.encode()
     secret_part = gateway.key[len("sk-inf-"):].encode()
-    for name in os.listdir(tmp_path):
-        if name.startswith("secrets.db"):
-            with open(tmp_path / name, "rb") as f:
-                data = f.read()
-            assert secret_part not in data, name
+    for folder, _, names in os.walk(tmp_path):  # the database, its WAL and ledger journal
+        for name in names:
+            if name.startswith("secrets.db") or folder.endswith(".ledger-journal"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    data = f.read()
+                assert secret_part not in data, name
     log = gateway.output().encode()
     assert b"POST /v1/chat/completions" in log  # the access log is on...
     assert secret not in log and secret_part not in log  # ...and carries no key

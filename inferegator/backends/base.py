@@ -14,7 +14,12 @@ from ..config.model import ResilienceConfig
 from ..errors import GatewayError
 from .health import CircuitBreaker
 
-RETRYABLE_STATUSES = frozenset((429, 500, 502, 503, 504))
+ERROR_BODY_BYTES = 65536  # the most of an upstream error answer that is read
+# Error types OpenAI's API uses; anything else a backend says (an exception's class name)
+# becomes invalid_request_error or server_error.
+OPENAI_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error",
+                                "permission_error", "not_found_error", "rate_limit_exceeded",
+                                "insufficient_quota", "server_error"))
 
 
 def pooled_session(pool_size: int) -> requests.Session:
@@ -49,6 +54,43 @@ class PreparedPost:
         return self._adapter.send(prepared, stream=stream, timeout=timeout)
 
 
+class BackendLease:
+    """One request's hold on one backend, from its choice to the end of its answer.
+
+    It owns what must be given back exactly once, whatever way the request ends: the
+    backend's in-flight count, the circuit's half-open trial (given back without a verdict
+    when none was reached) and the upstream response (closed: a finished one's connection
+    is back in the pool already; an unfinished one's is dropped).
+    """
+
+    __slots__ = ("backend", "response", "_verdict", "_open")
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.response = None
+        self._verdict = False
+        self._open = True
+        backend.in_flight += 1
+
+    def succeeded(self) -> None:
+        self._verdict = True
+        self.backend.mark_succeeded()
+
+    def failed(self, refused: bool = False) -> None:
+        self._verdict = True
+        self.backend.mark_failed(refused)
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.backend.in_flight -= 1
+        if not self._verdict:
+            self.backend.breaker.release()
+        if self.response is not None:
+            self.response.close()
+
+
 class BackendAdapter:
     """One upstream server serving one model."""
 
@@ -65,6 +107,9 @@ class BackendAdapter:
         self.weight = config.weight
         self.name = f"{config.type}:{self.url}"
         self.timeout = (config.connect_timeout_s, config.read_timeout_s)
+        self.total_timeout_s = config.total_timeout_s
+        self.max_response_bytes = config.max_response_bytes
+        self.max_event_bytes = config.max_event_bytes
         self.session = pooled_session(config.pool_size)
         resilience = resilience or ResilienceConfig()
         self.probe_ok = None  # unknown until the first probe, which decides either way
@@ -112,6 +157,10 @@ class BackendAdapter:
         return float(self.in_flight + max(others, 0))
 
     # -- shared behaviour -----------------------------------------------------------------
+
+    def lease(self) -> BackendLease | None:
+        """Take this backend for one request, or None if its circuit says no."""
+        return BackendLease(self) if self.breaker.begin() else None
 
     def post(self, endpoint: str, body: dict, headers: dict, stream: bool) -> requests.Response:
         """Send one generation request; raises requests exceptions on transport failure."""
@@ -166,10 +215,9 @@ class BackendAdapter:
             body = error
         if not isinstance(body, dict):
             body = {"message": content.decode(errors="replace")[:500] or f"HTTP {status}"}
-        code = body.get("code")
-        kind = body.get("type")
-        if not isinstance(kind, str) or kind in ("BadRequestError", "BadRequest") or \
-                kind.isdigit():
+        code, kind, param = body.get("code"), body.get("type"), body.get("param")
+        if kind not in OPENAI_ERROR_TYPES:
             kind = "invalid_request_error" if status < 500 else "server_error"
-        return GatewayError(status, str(body.get("message") or f"HTTP {status}"), kind,
-                            code if isinstance(code, str) else None, body.get("param"))
+        return GatewayError(status, str(body.get("message") or f"HTTP {status}")[:1000], kind,
+                            code[:100] if isinstance(code, str) else None,
+                            param[:100] if isinstance(param, str) else None)

@@ -9,6 +9,8 @@ class ServerConfig:
     workers: int = 1
     worker_connections: int = 1000
     max_body_bytes: int = 10 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     graceful_timeout_s: float = 30.0
     health_check_interval_s: float = 5.0
     load_poll_interval_s: float = 1.0
@@ -23,6 +25,12 @@ class Pricing:
     completion: float = 0.0
     cached_prompt: float = 0.0
 
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float:
+        """Cached prompt tokens are billed at the cached price."""
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return (uncached * self.prompt + cached_tokens * self.cached_prompt
+                + completion_tokens * self.completion) / 1_000_000
+
 
 @dataclass(frozen=True)
 class BackendConfig:
@@ -34,6 +42,9 @@ class BackendConfig:
     role: str = "primary"  # primary | fallback
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 300.0
+    total_timeout_s: float = 600.0
+    max_response_bytes: int = 16 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
     pool_size: int = 64
 
 
@@ -118,6 +129,7 @@ class Config:
     models: tuple[ModelConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: str = "sqlite:///./inferegator.db"
+    ledger_journal: str = ""  # "": beside an SQLite file, else under the temporary directory
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

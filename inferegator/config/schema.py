@@ -48,6 +48,10 @@ SERVER = Section(
     Setting("workers", Int(min=1), "Gunicorn worker processes."),
     Setting("worker_connections", Int(min=1), "Most concurrent connections per gevent worker."),
     Setting("max_body_bytes", Int(min=1), "Largest request body accepted; larger ones get 413."),
+    Setting("header_timeout_s", Float(above=0), "Seconds a client has to send its request line "
+            "and headers; slower clients are disconnected."),
+    Setting("body_timeout_s", Float(above=0), "Seconds a client has to send its whole request "
+            "body; slower ones get 408."),
     Setting("graceful_timeout_s", Float(min=0),
             "Seconds requests in flight get to finish on shutdown or reload."),
     Setting("health_check_interval_s", Float(above=0), "Seconds between backend health checks."),
@@ -76,6 +80,12 @@ BACKEND = Section(
             "`fallback` backends get a request only when no primary can take it."),
     Setting("connect_timeout_s", Float(above=0), "Seconds to connect to the backend."),
     Setting("read_timeout_s", Float(above=0), "Seconds to wait for the backend's next bytes."),
+    Setting("total_timeout_s", Float(above=0),
+            "Seconds a whole answer (a stream included) may take; past them it fails with 504."),
+    Setting("max_response_bytes", Int(min=1),
+            "Largest non-streamed answer read from the backend; larger ones fail with 502."),
+    Setting("max_event_bytes", Int(min=1),
+            "Largest single SSE event read from the backend; larger ones fail with 502."),
     Setting("pool_size", Int(min=1), "Keep-alive connections pooled per worker."),
 )
 
@@ -286,6 +296,10 @@ CONFIG = Section(
     Setting("server", SERVER, "HTTP server."),
     Setting("storage", String(), "Database for accounts, keys and the usage ledger: "
             "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
+    Setting("ledger_journal", String(), "Folder of the workers' usage journals (a row is "
+            "journaled before its answer ends, so a killed worker loses none); empty: "
+            "`<database file>.ledger-journal` for SQLite, else a folder under the temporary directory "
+            "named after the storage URL."),
     Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
     Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),

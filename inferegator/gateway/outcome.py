@@ -1,33 +1,72 @@
 """What happened to one request: handed to ``inferegator_request_finished`` when it ends."""
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # How a request ended (RequestOutcome.status).
 COMPLETED = "completed"  # the whole answer reached the client
 CLIENT_DISCONNECTED = "client_disconnected"  # the client left before the end
 UPSTREAM_FAILED = "upstream_failed"  # a backend failed after the answer had started
 REJECTED = "rejected"  # refused before any backend was called (4xx)
-FAILED = "failed"  # no backend could answer (5xx)
+FAILED = "failed"  # no answer could be given (5xx)
+
+_MAX_TOKENS = 2 ** 31 - 1
+
+
+def _count(value) -> int | None:
+    return value if type(value) is int and 0 <= value <= _MAX_TOKENS else None
+
+
+class Usage(NamedTuple):
+    """Tokens a request used, as the backend reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @classmethod
+    def from_upstream(cls, usage) -> "Usage | None":
+        """A backend's OpenAI usage object; None if it is not one (a broken or hostile
+        backend's text or negative counts are not billed as if they were tokens)."""
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(
+            usage.get("completion_tokens"))
+        if prompt is None or completion is None:
+            return None
+        details = usage.get("prompt_tokens_details")
+        cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
+        return cls(prompt, completion, min(cached or 0, prompt))
 
 
 @dataclass
 class RequestOutcome:
     request_id: str
     endpoint: str
-    model_id: str
+    model_id: str | None  # None when the body was refused before naming a valid model
     stream: bool
     started: float  # wall clock, seconds
     principal: object = None
     backend: str | None = None
     status: str = COMPLETED
     http_status: int = 200
-    usage: dict | None = None  # the backend's usage object, when it sent one
-    prompt_tokens: int = 0  # from usage (0 when none came)
-    completion_tokens: int = 0
-    cached_tokens: int = 0
+    usage: Usage | None = None  # what the backend reported; None when unknown
     cost_usd: float = 0.0  # at the model's prices
     latency_s: float = 0.0
     ttft_s: float | None = None
     error: str | None = None
     attempts: list = field(default_factory=list)  # backends tried, in order
     request: object = None  # the GatewayRequest (body, principal, plugin_data)
+    finished: bool = False  # inferegator_request_finished has run (exactly once)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens if self.usage else 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens if self.usage else 0
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.usage.cached_tokens if self.usage else 0

@@ -1,7 +1,10 @@
-"""The request path: parse, authenticate, resolve, admit, select, call upstream, relay, finish.
+"""The request path: authenticate, parse, resolve, admit, select, call upstream, relay, finish.
 
 One greenlet per request. Failover happens only before the first byte reaches the
 client: a stream's first event is read from the backend before the response starts.
+Every exit, whatever ends the request, goes through one ``finally``: the backend lease
+is closed once (in-flight count, circuit trial, connection) and ``_finish`` runs once
+(one ledger row with the status the client saw).
 """
 
 import logging
@@ -11,26 +14,30 @@ import time
 import gevent
 import requests
 
-from ..backends.base import RETRYABLE_STATUSES
+from ..backends.base import ERROR_BODY_BYTES
 from ..backends.health import RetryBudget
+from ..body import json_object, read_body
 from ..errors import (
     GatewayError,
-    body_too_large,
+    UpstreamFault,
     internal_error,
     invalid_api_key,
     invalid_request,
     model_not_found,
     model_unavailable,
     upstream_failed,
+    upstream_timeout,
+    upstream_too_large,
 )
 from ..serving.disconnect import ClientDisconnected, ClientWatch
-from ..store.ledger import cost_usd
 from . import outcome as ends
 from .outcome import RequestOutcome
 from .relay import SSERelay, rewrite_json
-from .request import parse_generation
+from .request import GatewayRequest, parse_generation, request_id
 
 log = logging.getLogger("inferegator.gateway")
+
+ANSWER_CHUNK_BYTES = 65536
 
 
 class Pipeline:
@@ -39,59 +46,50 @@ class Pipeline:
     def __init__(self, gateway):
         self.gateway = gateway
         self.hook = gateway.hook
-        self.max_body_bytes = gateway.config.server.max_body_bytes
+        self.server = gateway.config.server
         self.resilience = gateway.config.resilience
         self.retry_budget = RetryBudget(self.resilience.retry_budget_ratio,
                                         self.resilience.retry_budget_min_per_s)
 
     def handle(self, endpoint: str, req, resp) -> None:
-        started = time.perf_counter()
-        greq = parse_generation(endpoint, read_body(req, self.max_body_bytes), req)
-        req.context.gateway_request = greq
+        greq = req.context.gateway_request = GatewayRequest(endpoint, req, request_id(req))
         resp.set_header("X-Request-ID", greq.request_id)
-        outcome = RequestOutcome(greq.request_id, endpoint, greq.model_id, greq.stream,
-                                 time.time(), request=greq)
+        outcome = RequestOutcome(greq.request_id, endpoint, None, False, time.time(),
+                                 request=greq)
+        watch = lease = None
+        streaming = False
         try:
-            model = self._admit(greq, outcome)
+            raw = read_body(req, self.server.max_body_bytes, self.server.body_timeout_s)
+            outcome.principal = self.authenticate(greq)
+            parse_generation(greq, json_object(raw))
+            outcome.model_id, outcome.stream = greq.model_id, greq.stream
+            model = self._admit(greq)
             watch = ClientWatch(req.env)
-            try:
-                backend, upstream, first = self._call_upstream(greq, model, outcome, watch)
-            except BaseException:
-                watch.close()
-                raise
+            lease, first = self._call_upstream(greq, model, outcome, watch)
+            resp.set_headers(greq.response_headers)
+            if greq.stream:
+                resp.content_type = "text/event-stream"
+                resp.set_header("Cache-Control", "no-cache")
+                resp.stream = self._relay_stream(greq, model, lease, first, outcome, watch)
+                streaming = True  # the stream owns the lease, the watch and the finish now
+                return
+            resp.data, outcome.usage = self._read_answer(lease, model, watch)
+            resp.content_type = "application/json"
         except GatewayError as error:
-            outcome.status = ends.REJECTED if error.status < 500 else ends.FAILED
-            self._finish(outcome, started, error)
+            _failed(outcome, error)
             raise
         except ClientDisconnected:
             outcome.status = ends.CLIENT_DISCONNECTED
-            self._finish(outcome, started, None)
-            return
-        resp.set_headers(greq.response_headers)
-        if greq.stream:
-            resp.content_type = "text/event-stream"
-            resp.set_header("Cache-Control", "no-cache")
-            resp.stream = self._relay_stream(greq, model, backend, upstream, first, outcome,
-                                             watch, started)
-            return
-        try:
-            watch.waiting = True
-            try:
-                content = upstream.content
-            finally:
-                watch.waiting = False
-                backend.in_flight -= 1
-                watch.close()
-            resp.data, outcome.usage = rewrite_json(content, model.id)
-            resp.content_type = "application/json"
-        except ClientDisconnected:
-            outcome.status = ends.CLIENT_DISCONNECTED
-        except (requests.RequestException, ValueError) as exc:
-            backend.mark_failed()
-            outcome.status, outcome.error = ends.FAILED, str(exc)
-            self._finish(outcome, started, None)
-            raise internal_error() from None
-        self._finish(outcome, started, None)
+        except BaseException:  # a bug or a plugin's exception: still one row, with the 500
+            _failed(outcome, internal_error())
+            raise
+        finally:
+            if not streaming:
+                if lease is not None:
+                    lease.close()
+                if watch is not None:
+                    watch.close()
+                self._finish(outcome)
 
     def authenticate(self, request):
         """The caller's Principal (set on the request), or 401 invalid_api_key."""
@@ -101,23 +99,28 @@ class Pipeline:
         request.principal = principal
         return principal
 
-    def _admit(self, greq, outcome):
-        """Authenticate, resolve the model, and let every limiter vote; the CatalogModel."""
-        principal = outcome.principal = self.authenticate(greq)
+    def _admit(self, greq):
+        """Resolve the model and let every limiter vote; the CatalogModel."""
         model = self.gateway.catalog.get(greq.model_id)
         if model is None:
             raise model_not_found(greq.model_id)
         if greq.endpoint not in model.capabilities:  # "chat" and "completions" are both
             raise invalid_request(f"The model '{model.id}' does not support the "
                                   f"{greq.endpoint} endpoint.", "model", "unsupported_endpoint")
-        for refusal in self.hook.inferegator_admit(gateway=self.gateway, principal=principal,
-                                                   model=model, request=greq):
+        for refusal in self.hook.inferegator_admit(gateway=self.gateway,
+                                                   principal=greq.principal, model=model,
+                                                   request=greq):
             if refusal is not None:
                 raise refusal
         return model
 
     def _call_upstream(self, greq, model, outcome, watch):
-        """Try backends in policy order until one starts answering; fail over before that."""
+        """Try backends in policy order until one starts answering; fail over before that.
+
+        A 500 is the request's fault until another backend answers the same request: only
+        then is it counted against the backend that gave it, so one user's poisoned
+        request cannot open every circuit of a model.
+        """
         candidates = model.candidates()
         if not candidates:
             raise model_unavailable(model.id)
@@ -128,8 +131,7 @@ class Pipeline:
             body["stream_options"] = {**(greq.body.get("stream_options") or {}),
                                       "include_usage": True}
         headers = {"X-Request-ID": greq.request_id}
-        last_error = None
-        attempts = 0
+        last_error, attempts, suspects = None, 0, []
         self.retry_budget.request()
         for backend in ordered or ():
             if attempts >= self.resilience.max_attempts:
@@ -142,65 +144,103 @@ class Pipeline:
                     break
                 delay_ms = self.resilience.retry_backoff_ms * 2 ** (attempts - 1)
                 gevent.sleep(delay_ms * random.uniform(0.5, 1.5) / 1000)
-            if not backend.breaker.begin():
+                if watch.gone:
+                    raise ClientDisconnected()
+            lease = backend.lease()
+            if lease is None:
                 continue  # another request took the half-open trial meanwhile
             attempts += 1
-            body["model"] = backend.upstream_model
-            if greq.stream and backend.supports_continuous_usage:
-                body["stream_options"]["continuous_usage_stats"] = True
-            self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
-                                                  backend=backend, body=body, headers=headers)
-            outcome.attempts.append(backend.name)
-            backend.in_flight += 1
-            watch.waiting = True
+            answered = False
             try:
-                upstream = backend.post(greq.endpoint, body, headers, greq.stream)
-                if upstream.status_code >= 400:
-                    status = upstream.status_code
-                    error = backend.translate_error(status, upstream.content)
-                    upstream.close()
-                    backend.in_flight -= 1
-                    if status in (401, 403):  # our credentials for the backend, not the client's
-                        log.error("backend %s refused the gateway's credentials (%d)",
-                                  backend.name, status)
-                        backend.mark_failed()
-                        last_error = upstream_failed("The backend refused the gateway's "
-                                                     "credentials.")
-                        continue
-                    if status not in RETRYABLE_STATUSES:
-                        backend.mark_succeeded()  # it answered; the request was at fault
-                        raise error  # another backend won't help
-                    if status != 429:
-                        backend.mark_failed()
+                answered, first, error = self._attempt(lease, greq, model, body, headers,
+                                                       outcome, watch)
+                if answered:
+                    for suspect in suspects:  # another backend could answer: theirs the 500
+                        suspect.mark_failed()
+                    outcome.backend = backend.name
+                    return lease, first
+                if error is not None:
+                    if error.status == 500:
+                        suspects.append(backend)
                     last_error = error
-                    continue
-                first = _first_events(upstream, backend, model, greq) if greq.stream else None
-            except ClientDisconnected:
-                backend.in_flight -= 1
-                backend.breaker.release()
-                raise
-            except requests.RequestException as exc:
-                backend.in_flight -= 1
-                if watch.gone:
-                    backend.breaker.release()
-                    raise ClientDisconnected() from None
-                log.warning("backend %s failed: %s", backend.name, exc.__class__.__name__)
-                backend.mark_failed(refused=_refused(exc))
-                continue
             finally:
-                watch.waiting = False
-            backend.mark_succeeded()
-            outcome.backend = backend.name
-            return backend, upstream, first
+                if not answered:
+                    lease.close()
         if last_error is not None:
             raise last_error
         raise model_unavailable(model.id)
 
-    def _relay_stream(self, greq, model, backend, upstream, first, outcome, watch, started):
+    def _attempt(self, lease, greq, model, body, headers, outcome, watch):
+        """One backend's try: (True, first events or None, None) when it answers; (False,
+        None, the error or None) when another backend may be tried; raises when none
+        should be."""
+        backend = lease.backend
+        watch.arm(backend.total_timeout_s,
+                  UpstreamFault(upstream_timeout(backend.total_timeout_s)))
+        body["model"] = backend.upstream_model
+        if greq.stream and backend.supports_continuous_usage:
+            body["stream_options"]["continuous_usage_stats"] = True
+        self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
+                                              backend=backend, body=body, headers=headers)
+        outcome.attempts.append(backend.name)
+        watch.waiting = True
+        try:
+            upstream = lease.response = backend.post(greq.endpoint, body, headers, greq.stream)
+            status = upstream.status_code
+            if status >= 400:
+                return False, None, _upstream_error(lease, status, _error_body(upstream))
+            first = _first_events(upstream, backend, model, greq) if greq.stream else None
+        except requests.RequestException as exc:
+            if watch.gone:
+                raise ClientDisconnected() from None
+            log.warning("backend %s failed: %s", backend.name, exc.__class__.__name__)
+            lease.failed(refused=_refused(exc))
+            return False, None, None
+        except UpstreamFault as fault:
+            log.warning("backend %s: %s", backend.name, fault)
+            lease.failed()
+            return False, None, fault.error
+        finally:
+            watch.waiting = False
+        lease.succeeded()
+        return True, first, None
+
+    def _read_answer(self, lease, model, watch):
+        """A non-streamed answer, read within the backend's size and time bounds; returns
+        (the client's bytes, usage)."""
+        backend, upstream = lease.backend, lease.response
+        limit = backend.max_response_bytes
+        declared = upstream.headers.get("Content-Length")
+        watch.waiting = True
+        try:
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise UpstreamFault(upstream_too_large("an answer", limit))
+            parts, size = [], 0
+            for data in upstream.iter_content(ANSWER_CHUNK_BYTES):
+                size += len(data)
+                if size > limit:
+                    raise UpstreamFault(upstream_too_large("an answer", limit))
+                parts.append(data)
+            watch.waiting = False
+            return rewrite_json(b"".join(parts), model.id)
+        except UpstreamFault as fault:
+            lease.failed()
+            raise fault.error from None
+        except requests.RequestException:
+            if watch.gone:
+                raise ClientDisconnected() from None
+            lease.failed()
+            raise upstream_failed() from None
+        finally:
+            watch.waiting = False
+
+    def _relay_stream(self, greq, model, lease, first, outcome, watch):
         """The client's SSE stream: the prefetched events, then the rest as they come."""
         relay, events, chunks = first
-        outcome.ttft_s = time.perf_counter() - started
+        outcome.ttft_s = time.perf_counter() - greq.started
         try:
+            if relay.done:
+                self._complete(outcome, relay)
             yield b"".join(events)
             while not relay.done:
                 watch.waiting = True
@@ -208,55 +248,99 @@ class Pipeline:
                     data = next(chunks, None)
                 finally:
                     watch.waiting = False
+                if watch.expired:
+                    raise UpstreamFault(upstream_timeout(lease.backend.total_timeout_s))
                 if data is None:
                     break
                 out = relay.feed(data)
+                if relay.done:  # billed before the client sees [DONE]
+                    self._complete(outcome, relay)
                 if out:
                     yield out[0] if len(out) == 1 else b"".join(out)
             if relay.error is not None:
                 outcome.status, outcome.error = ends.UPSTREAM_FAILED, relay.error.message
             elif not relay.done:
-                raise requests.exceptions.ChunkedEncodingError("stream ended without [DONE]")
+                raise UpstreamFault(upstream_failed("The stream ended early."))
             else:
                 _drain(chunks)
         except ClientDisconnected:
             outcome.status = ends.CLIENT_DISCONNECTED
-        except (requests.RequestException, ValueError) as exc:
-            if watch.gone:
-                outcome.status = ends.CLIENT_DISCONNECTED
-            else:
-                backend.mark_failed()
-                outcome.status, outcome.error = ends.UPSTREAM_FAILED, str(exc)
-                yield GatewayError(502, "The model backend failed mid-stream.", "server_error",
-                                   "upstream_error").sse_event()
         except GeneratorExit:
             outcome.status = ends.CLIENT_DISCONNECTED
             raise
+        except (UpstreamFault, requests.RequestException, ValueError) as exc:
+            if watch.gone:
+                outcome.status = ends.CLIENT_DISCONNECTED
+            else:
+                lease.failed()
+                error = exc.error if isinstance(exc, UpstreamFault) else upstream_failed(
+                    "It failed mid-stream.")
+                outcome.status, outcome.error = ends.UPSTREAM_FAILED, error.message
+                yield error.sse_event()
+        except Exception:
+            log.exception("stream relay failed for %s", greq.request_id)
+            outcome.status, outcome.error = ends.FAILED, "internal error"
+            yield internal_error().sse_event()
         finally:
             watch.close()
-            upstream.close()
-            backend.in_flight -= 1
-            outcome.usage = relay.usage
-            self._finish(outcome, started, None)
+            lease.close()
+            if outcome.usage is None:
+                outcome.usage = relay.usage
+            self._finish(outcome)
 
-    def _finish(self, outcome, started, error) -> None:
-        outcome.latency_s = time.perf_counter() - started
-        if error is not None:
-            outcome.http_status, outcome.error = error.status, error.message
-        usage = outcome.usage
-        if usage:
-            outcome.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            outcome.completion_tokens = int(usage.get("completion_tokens") or 0)
-            outcome.cached_tokens = int(
-                (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    def _complete(self, outcome, relay) -> None:
+        outcome.usage = relay.usage
+        self._finish(outcome)
+
+    def _finish(self, outcome) -> None:
+        """Hand the outcome to the request_finished hooks, exactly once per request."""
+        if outcome.finished:
+            return
+        outcome.finished = True
+        outcome.latency_s = time.perf_counter() - outcome.request.started
+        if outcome.usage is not None:
             model = self.gateway.catalog.get(outcome.model_id)
             if model is not None:
-                outcome.cost_usd = cost_usd(model.pricing, outcome.prompt_tokens,
-                                            outcome.completion_tokens, outcome.cached_tokens)
+                outcome.cost_usd = model.pricing.cost_usd(*outcome.usage)
         try:
             self.hook.inferegator_request_finished(gateway=self.gateway, outcome=outcome)
         except Exception:  # a metering plugin's failure must not fail the answer
             log.exception("inferegator_request_finished failed for %s", outcome.request_id)
+
+
+def _failed(outcome, error: GatewayError) -> None:
+    outcome.status = ends.REJECTED if error.status < 500 else ends.FAILED
+    outcome.http_status, outcome.error = error.status, error.message
+
+
+def _error_body(upstream) -> bytes:
+    """The start of an upstream error answer (enough for its message), never all of it."""
+    parts, size = [], 0
+    for data in upstream.iter_content(8192):
+        parts.append(data)
+        size += len(data)
+        if size >= ERROR_BODY_BYTES:
+            break
+    return b"".join(parts)[:ERROR_BODY_BYTES]
+
+
+def _upstream_error(lease, status: int, content: bytes) -> GatewayError:
+    """What an upstream error status means for the backend, and the client's error if no
+    other backend can help; raises when the request itself is at fault (4xx)."""
+    backend = lease.backend
+    if status in (401, 403):  # our credentials for the backend, not the client's
+        log.error("backend %s refused the gateway's credentials (%d)", backend.name, status)
+        lease.failed()
+        return upstream_failed("The backend refused the gateway's credentials.")
+    if status == 429:
+        return backend.translate_error(status, content)  # busy: no verdict, try another
+    if status == 500:
+        return upstream_failed()  # its exception text stays with the operator's logs
+    if status >= 500:
+        lease.failed()
+        return upstream_failed()
+    lease.succeeded()  # it answered; the request was at fault, another backend won't help
+    raise backend.translate_error(status, content)
 
 
 def _refused(exc) -> bool:
@@ -280,12 +364,12 @@ def _first_events(upstream, backend, model, greq):
         "continuous_usage_stats"))
     relay = SSERelay(backend.upstream_model, model.id, greq.include_usage,
                      strip_running_usage=backend.supports_continuous_usage
-                     and not client_continuous)
+                     and not client_continuous, max_event_bytes=backend.max_event_bytes)
     chunks = upstream.iter_content(chunk_size=None)
     while True:
         data = next(chunks, None)
         if data is None:
-            raise requests.exceptions.ChunkedEncodingError("stream ended before any event")
+            raise UpstreamFault(upstream_failed("The stream ended before any event."))
         events = relay.feed(data)
         if events:
             return relay, events, chunks
@@ -302,14 +386,3 @@ def _drain(chunks, limit_bytes: int = 65536, limit_s: float = 1.0) -> None:
             received += len(data)
             if received > limit_bytes:
                 break
-
-
-def read_body(req, limit: int) -> bytes:
-    """The request body, refusing (413) anything over the configured limit."""
-    length = req.content_length
-    if length is not None and length > limit:
-        raise body_too_large(limit)
-    data = req.bounded_stream.read(limit + 1)
-    if len(data) > limit:
-        raise body_too_large(limit)
-    return data

@@ -7,9 +7,14 @@ everything else on as the bytes that arrived.
 
 import json
 
-from ..errors import GatewayError
+from ..errors import GatewayError, UpstreamFault, upstream_failed, upstream_too_large
+from .outcome import Usage
 
 _DONE = b"data: [DONE]"
+
+
+def _malformed(what: str) -> UpstreamFault:
+    return UpstreamFault(upstream_failed(f"It sent {what}."))
 
 
 def clean_usage(usage: dict) -> dict:
@@ -17,30 +22,38 @@ def clean_usage(usage: dict) -> dict:
     return {k: v for k, v in usage.items() if v is not None}
 
 
-def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, dict | None]:
+def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, Usage | None]:
     """A non-streamed answer with the public model id; returns (bytes, usage)."""
-    body = json.loads(content)
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        raise _malformed("an answer that is not JSON") from None
+    if not isinstance(body, dict):
+        raise _malformed("an answer that is not a JSON object")
     body["model"] = public_model
     usage = body.get("usage")
     if isinstance(usage, dict):
         usage = body["usage"] = clean_usage(usage)
     body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
-    for choice in body.get("choices") or ():
-        message = choice.get("message")
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             message.setdefault("refusal", None)  # OpenAI requires it; SGLang omits it
-    return json.dumps(body, separators=(",", ":")).encode(), usage
+    return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
 
 
 class SSERelay:
     """Turns upstream SSE bytes into the events to send to the client."""
 
     __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "_strip_running",
-                 "_final_usage", "_running_usage", "error", "done", "content_events")
+                 "_final_usage", "_running_usage", "_max_event", "error", "done",
+                 "content_events")
 
     def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
-                 strip_running_usage: bool = False):
+                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20):
         self._buffer = b""
+        self._max_event = max_event_bytes
         self._public = public_model
         self._include_usage = include_usage
         # The gateway asked for continuous_usage_stats (the client did not): note the running
@@ -67,6 +80,9 @@ class SSERelay:
             out = self._event(data)
             return [out] if out else []
         *events, self._buffer = data.split(b"\n\n")
+        if len(self._buffer) > self._max_event:  # an event that never ends
+            self._buffer = b""
+            raise UpstreamFault(upstream_too_large("an event", self._max_event))
         out = []
         for event in events:
             piece = self._event(event + b"\n\n")
@@ -82,7 +98,12 @@ class SSERelay:
             self.error = self._translate_error(event)
             return self.error.sse_event()
         if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
-            chunk = json.loads(event[len(b"data: "):])
+            try:
+                chunk = json.loads(event[len(b"data: "):])
+            except (ValueError, RecursionError):
+                raise _malformed("a usage event that is not JSON") from None
+            if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+                raise _malformed("a usage event without a usage object")
             self._final_usage = clean_usage(chunk["usage"])
             if not self._include_usage:
                 return None
@@ -102,14 +123,14 @@ class SSERelay:
         return event
 
     @property
-    def usage(self) -> dict | None:
+    def usage(self) -> Usage | None:
         """The final usage if it came, else the running usage of the last event relayed."""
         if self._final_usage is not None:
-            return self._final_usage
+            return Usage.from_upstream(self._final_usage)
         if self._running_usage is not None:
             try:
-                return clean_usage(json.loads(self._running_usage))
-            except ValueError:
+                return Usage.from_upstream(json.loads(self._running_usage))
+            except (ValueError, RecursionError):
                 return None
         return None
 
@@ -117,7 +138,7 @@ class SSERelay:
     def _translate_error(event: bytes) -> GatewayError:
         try:
             error = json.loads(event[len(b"data: "):])["error"]
-            message = str(error.get("message") or "upstream error")
-        except (ValueError, KeyError, TypeError, AttributeError):
+            message = str(error.get("message") or "upstream error")[:500]
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             message = "upstream error"
         return GatewayError(502, message, "server_error", "upstream_error")

@@ -1,11 +1,13 @@
 """Parse and validate a client's generation request once; everything else passes through.
 
 The gateway checks only what it acts on (model, messages/prompt, stream,
-stream_options, max_tokens, n); unknown fields such as SGLang's top_k, regex,
-json_schema or separate_reasoning reach the backend untouched.
+stream_options, max_tokens, n) and bounds it; unknown fields such as SGLang's top_k,
+regex, json_schema or separate_reasoning reach the backend untouched. The prompt's token
+estimate is taken here, from exactly the field the endpoint uses.
 """
 
-import json
+import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -13,6 +15,9 @@ from ..errors import invalid_request
 
 CHAT = "chat"
 COMPLETIONS = "completions"
+MAX_MODEL_ID = 256  # characters; longer ids are refused, never stored or echoed
+MAX_TOKENS = 2 ** 31 - 1  # what the limiter's stores and the ledger's INTEGER columns hold
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class ClientRequest:
@@ -27,89 +32,121 @@ class ClientRequest:
         return self.http.get_header(name, default=default)
 
 
+def request_id(http) -> str:
+    """The client's X-Request-ID when it is a short token, else a new id."""
+    given = http.get_header("X-Request-ID")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"req-{uuid.uuid4().hex}"
+
+
 @dataclass
 class GatewayRequest(ClientRequest):
-    """A validated generation request on its way through the pipeline."""
+    """One generation request from arrival to finish: created before authentication,
+    its body fields filled in by ``parse_generation``."""
 
     endpoint: str  # CHAT or COMPLETIONS
-    body: dict
     http: object  # the falcon.Request: headers (http.get_header), WSGI environ
     request_id: str
-    model_id: str
-    stream: bool
-    include_usage: bool  # the client asked for the usage chunk
-    max_tokens: int | None
-    n: int
+    started: float = field(default_factory=time.perf_counter)
+    body: dict = field(default_factory=dict)
+    model_id: str | None = None  # None until the body is validated
+    stream: bool = False
+    include_usage: bool = False  # the client asked for the usage chunk
+    max_tokens: int | None = None
+    n: int = 1
+    prompt_estimate: int = 0  # prompt tokens, estimated from the endpoint's own field
     principal: object = None
     response_headers: dict = field(default_factory=dict)  # set by hooks (e.g. rate limits)
     plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
 
 
-def _int(body, name, minimum, maximum=None):
+def _int(body, name, minimum, maximum=MAX_TOKENS):
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise invalid_request(f"Invalid type for '{name}': expected an integer, got "
                               f"{type(value).__name__}.", name, "invalid_type")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
-        raise invalid_request(f"Invalid value for '{name}': must be {bound}, got {value}.",
-                              name, "invalid_value")
+    if not minimum <= value <= maximum:
+        raise invalid_request(f"Invalid value for '{name}': must be between {minimum} and "
+                              f"{maximum}.", name, "invalid_value")
     return value
 
 
-def _check_messages(messages):
+def _part_chars(part) -> int:
+    text = part.get("text") if isinstance(part, dict) else None
+    return len(text) if isinstance(text, str) else 0
+
+
+def _check_messages(messages) -> int:
+    """Validate chat messages; returns their estimated prompt tokens."""
     if not isinstance(messages, list):
         raise invalid_request("Invalid type for 'messages': expected an array.", "messages",
                               "invalid_type")
     if not messages:
         raise invalid_request("'messages' must contain at least one message.", "messages",
                               "invalid_value")
+    chars = 0
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if not isinstance(message, dict):
             raise invalid_request(f"Invalid type for '{param}': expected an object.", param,
                                   "invalid_type")
-        if not isinstance(message.get("role"), str):
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
             raise invalid_request(f"Missing required parameter: '{param}.role'.",
                                   f"{param}.role", "missing_required_parameter")
+        if len(role) > 64:
+            raise invalid_request(f"Invalid value for '{param}.role': too long.",
+                                  f"{param}.role", "invalid_value")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(_part_chars(p) for p in content)
+        elif content is not None:
             raise invalid_request(f"Invalid type for '{param}.content': expected a string or "
                                   "an array of content parts.", f"{param}.content",
                                   "invalid_type")
+    # About 4 characters per token, plus each message's framing and the reply's priming.
+    return chars // 4 + 4 * len(messages) + 3
 
 
-def _check_prompt(prompt):
+def _token_ids(value) -> bool:
+    return bool(value) and all(type(t) is int and 0 <= t <= MAX_TOKENS for t in value)
+
+
+def _check_prompt(prompt) -> int:
+    """Validate a completions prompt in any shape OpenAI's API allows; returns its estimated
+    tokens: a string, strings, token ids, or lists of token ids."""
     if prompt is None:
         raise invalid_request("Missing required parameter: 'prompt'.", "prompt",
                               "missing_required_parameter")
     if isinstance(prompt, str):
-        return
-    if isinstance(prompt, list) and prompt and (
-            all(isinstance(p, str) for p in prompt)
-            or all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)):
-        return
-    raise invalid_request("Invalid type for 'prompt': expected a string, an array of strings "
-                          "or an array of token ids.", "prompt", "invalid_type")
+        return len(prompt) // 4 + 1
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return sum(len(p) // 4 + 1 for p in prompt)
+        if _token_ids(prompt):
+            return len(prompt)
+        if all(isinstance(p, list) and _token_ids(p) for p in prompt):
+            return sum(len(p) for p in prompt)
+    raise invalid_request("Invalid type for 'prompt': expected a string, an array of strings, "
+                          "an array of token ids or an array of token-id arrays.", "prompt",
+                          "invalid_type")
 
 
-def json_object(raw: bytes) -> dict:
-    """A request body as a JSON object; 400 invalid_json for anything else."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_request("We could not parse the JSON body of your request. The body "
-                              "must be valid JSON.", None, "invalid_json") from None
-    if not isinstance(body, dict):
-        raise invalid_request("The request body must be a JSON object.", None, "invalid_json")
-    return body
+def estimate_prompt_tokens(endpoint: str, body: dict) -> int:
+    """A valid body's prompt tokens as the limiter reserves them: about 4 characters per
+    token, plus framing."""
+    return _check_messages(body["messages"]) if endpoint == CHAT else _check_prompt(
+        body.get("prompt"))
 
 
-def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
-    """Validate a /v1/chat/completions or /v1/completions body; 400 naming the field if bad."""
-    body = json_object(raw)
+def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate a /v1/chat/completions or /v1/completions body into greq; 400 naming the
+    field if bad."""
     model = body.get("model")
     if model is None:
         raise invalid_request("Missing required parameter: 'model'.", "model",
@@ -117,13 +154,16 @@ def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
     if not isinstance(model, str) or not model:
         raise invalid_request("Invalid type for 'model': expected a non-empty string.",
                               "model", "invalid_type")
-    if endpoint == CHAT:
+    if len(model) > MAX_MODEL_ID:
+        raise invalid_request(f"Invalid value for 'model': longer than {MAX_MODEL_ID} "
+                              "characters.", "model", "invalid_value")
+    if greq.endpoint == CHAT:
         if "messages" not in body:
             raise invalid_request("Missing required parameter: 'messages'.", "messages",
                                   "missing_required_parameter")
-        _check_messages(body["messages"])
+        estimate = _check_messages(body["messages"])
     else:
-        _check_prompt(body.get("prompt"))
+        estimate = _check_prompt(body.get("prompt"))
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -141,10 +181,8 @@ def parse_generation(endpoint: str, raw: bytes, http) -> GatewayRequest:
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
-    n = _int(body, "n", 1, 128) or 1
-    return GatewayRequest(
-        endpoint=endpoint, body=body, http=http,
-        request_id=http.get_header("X-Request-ID") or f"req-{uuid.uuid4().hex}",
-        model_id=model, stream=stream,
-        include_usage=bool(options and options.get("include_usage")),
-        max_tokens=max_tokens, n=n)
+    greq.n = _int(body, "n", 1, 128) or 1
+    greq.body, greq.model_id, greq.stream, greq.max_tokens = body, model, stream, max_tokens
+    greq.include_usage = bool(options and options.get("include_usage"))
+    greq.prompt_estimate = estimate
+    return greq

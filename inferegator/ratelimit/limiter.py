@@ -20,28 +20,6 @@ log = logging.getLogger("inferegator.ratelimit")
 MAX_RETRY_AFTER_MS = 60_000  # the openai SDK honours at most 60 s (older) / 120 s (newer)
 
 
-def estimate_prompt_tokens(body: dict) -> int:
-    """A cheap upper-leaning estimate: about 4 characters per token, plus framing."""
-    if "messages" in body:
-        chars, count = 0, 0
-        for message in body["messages"]:
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-            count += 1
-        return chars // 4 + 4 * count + 3
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt) // 4 + 1
-    if isinstance(prompt, list):
-        if prompt and isinstance(prompt[0], int):
-            return len(prompt)
-        return sum(len(p) // 4 + 1 for p in prompt if isinstance(p, str))
-    return 0
-
-
 def rate_limited(kind: str, limit: int, used: int, asked: int, retry_ms: int,
                  window_s: float) -> GatewayError:
     if retry_ms < 0:
@@ -85,7 +63,7 @@ class RateLimiter:
         rpm = (key and key.requests_per_minute) or cfg.requests_per_minute
         tpm = (key and key.tokens_per_minute) or cfg.tokens_per_minute
         completion = request.max_tokens or model.default_max_tokens or cfg.default_max_tokens
-        tokens = estimate_prompt_tokens(request.body) + completion * request.n
+        tokens = request.prompt_estimate + completion * request.n
         base = f"rl:{{{principal.key_id}}}"
         limits = [Limit(base + ":requests", rpm, 1), Limit(base + ":tokens", tpm, tokens)]
         extra = cfg.models.get(model.id)

@@ -57,27 +57,53 @@ class ClientDisconnected(ConnectionResetError):
 
 
 class ClientWatch:
-    """Interrupts the current greenlet's upstream wait when the client goes away.
+    """Interrupts the current greenlet's upstream wait when the client goes away, or when
+    the upstream's deadline passes.
 
     Set ``waiting = True`` around blocking upstream reads; outside them a departed
-    client only sets ``gone`` (the next write to it fails on its own).
+    client only sets ``gone`` (the next write to it fails on its own) and a passed
+    deadline only sets ``expired`` (the relay checks it between chunks). Both use
+    event-loop watchers, not greenlets.
     """
 
-    __slots__ = ("gone", "waiting", "_greenlet", "_stop")
+    __slots__ = ("gone", "expired", "waiting", "_greenlet", "_stop", "_timer", "_on_expiry")
 
     def __init__(self, environ):
         self.gone = False
+        self.expired = False
         self.waiting = False
         self._greenlet = gevent.getcurrent()
         self._stop = watch_disconnect(environ, self._on_gone)
+        self._timer = None
+        self._on_expiry = None
 
     def _on_gone(self):
         self.gone = True
         if self.waiting:
             gevent.kill(self._greenlet, ClientDisconnected())
 
+    def arm(self, seconds: float, exception: BaseException) -> None:
+        """Raise ``exception`` into the upstream wait ``seconds`` from now (re-arming moves
+        the deadline)."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+        self._timer = gevent.get_hub().loop.timer(seconds)
+        self.expired = False
+        self._on_expiry = exception
+        self._timer.start(self._expire)
+
+    def _expire(self):
+        self.expired = True
+        if self.waiting:
+            gevent.kill(self._greenlet, self._on_expiry)
+
     def close(self):
         self._stop()
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer.close()
+            self._timer = None
 
 
 def _noop():

@@ -10,8 +10,7 @@ import math
 import re
 from datetime import date
 
-from ..errors import invalid_request
-from ..gateway.request import json_object  # noqa: F401  (re-exported for the API)
+from ..errors import ECHO_CHARS, invalid_request, shown
 from .accounts import ROLES
 
 MIN_PASSWORD = 12
@@ -41,7 +40,8 @@ def only(fields: dict, allowed, required=(), where: str = "parameter") -> None:
     """Refuse unknown names first, then missing required ones."""
     for name in fields:
         if name not in allowed:
-            raise invalid_request(f"Unrecognized request {where}: '{name}'.", name,
+            name = name[:ECHO_CHARS]
+            raise invalid_request(f"Unrecognized request {where}: {shown(name)}.", name,
                                   f"unknown_{where}")
     for name in required:
         if name not in fields:
@@ -63,6 +63,15 @@ def password(value, param: str = "password") -> str:
         raise _type_error(param, "a string")
     if not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
         raise _value_error(param, f"must be {MIN_PASSWORD} to {MAX_PASSWORD} characters long.")
+    return _unicode(value, param)
+
+
+def _unicode(value: str, param: str) -> str:
+    """Refuse lone surrogates (from the CLI's argv; JSON bodies are checked when parsed)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _value_error(param, "must be valid Unicode text.") from None
     return value
 
 
@@ -70,7 +79,7 @@ def role(value, param: str = "role") -> str:
     if not isinstance(value, str):
         raise _type_error(param, "a string")
     if value not in ROLES:
-        raise _value_error(param, f"must be one of {', '.join(ROLES)}, got {value!r}.")
+        raise _value_error(param, f"must be one of {', '.join(ROLES)}, got {shown(value)}.")
     return value
 
 
@@ -86,7 +95,7 @@ def text(value, param: str, max_len: int = MAX_NAME) -> str:
         raise _type_error(param, "a string")
     if not value.strip() or len(value) > max_len:
         raise _value_error(param, f"must be 1 to {max_len} characters long.")
-    return value
+    return _unicode(value, param)
 
 
 def limit(name: str, value, model_ids):
@@ -97,13 +106,15 @@ def limit(name: str, value, model_ids):
         if not isinstance(value, int) or isinstance(value, bool):
             raise _type_error(name, "an integer")
         if not 1 <= value <= MAX_INT_LIMIT:
-            raise _value_error(name, f"must be between 1 and {MAX_INT_LIMIT}, got {value}.")
+            raise _value_error(name, f"must be between 1 and {MAX_INT_LIMIT}, got "
+                                     f"{shown(value)}.")
         return value
     if name == "monthly_budget_usd":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise _type_error(name, "a number")
-        if not math.isfinite(value) or not 0 <= value <= MAX_BUDGET_USD:
-            raise _value_error(name, f"must be between 0 and {MAX_BUDGET_USD:g}, got {value}.")
+        if not 0 <= value <= MAX_BUDGET_USD or not math.isfinite(value):  # big ints: no float
+            raise _value_error(name, f"must be between 0 and {MAX_BUDGET_USD:g}, got "
+                                     f"{shown(value)}.")
         return float(value)
     return allowed_models(value, model_ids)
 
@@ -120,7 +131,7 @@ def allowed_models(value, model_ids, param: str = "allowed_models") -> list[str]
         if not isinstance(model, str):
             raise _type_error(f"{param}[{i}]", "a string")
         if model not in model_ids:
-            raise _value_error(f"{param}[{i}]", f"the model '{model}' does not exist.")
+            raise _value_error(f"{param}[{i}]", f"the model {shown(model)} does not exist.")
         if model not in models:
             models.append(model)
     return models
@@ -166,11 +177,11 @@ def key_patch(body: dict, model_ids) -> dict:
 
 def day(value, param: str) -> str:
     if not isinstance(value, str) or not _DAY.fullmatch(value):
-        raise _value_error(param, f"expected a date as YYYY-MM-DD, got {value!r}.")
+        raise _value_error(param, f"expected a date as YYYY-MM-DD, got {shown(value)}.")
     try:
         date.fromisoformat(value)
     except ValueError:
-        raise _value_error(param, f"{value!r} is not a calendar date.") from None
+        raise _value_error(param, f"{shown(value)} is not a calendar date.") from None
     return value
 
 
@@ -189,7 +200,7 @@ def usage_query(params: dict) -> dict:
     group_by = params.get("group_by", "day")
     if group_by not in USAGE_GROUPS:
         raise _value_error("group_by", f"must be one of {', '.join(USAGE_GROUPS)}, got "
-                                       f"{group_by!r}.")
+                                       f"{shown(group_by)}.")
     start = day(params["start"], "start") if "start" in params else None
     end = day(params["end"], "end") if "end" in params else None
     if start and end and end < start:

@@ -108,6 +108,18 @@ class Database:
             return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
         return getattr(exc, "sqlstate", None) == "23505"
 
+    def is_data_error(self, exc: Exception) -> bool:
+        """True if the database refused the values themselves (a retry cannot help), not a
+        connection or server failure (a retry may)."""
+        if isinstance(exc, (UnicodeError, ValueError, TypeError, OverflowError)):
+            return True
+        if self.dialect == "sqlite":
+            return isinstance(exc, (sqlite3.DataError, sqlite3.IntegrityError,
+                                    sqlite3.InterfaceError, sqlite3.ProgrammingError))
+        import psycopg
+
+        return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError))
+
     def close(self) -> None:
         with self._lock:
             while self._free:

@@ -51,6 +51,10 @@ MIGRATIONS = [
             name TEXT PRIMARY KEY,
             drained_at DOUBLE PRECISION NOT NULL)""",
     ]),
+    (3, "ledger rows carry a unique entry id, so a replayed worker journal adds nothing", [
+        "ALTER TABLE usage_ledger ADD COLUMN entry_id TEXT",
+        "CREATE UNIQUE INDEX usage_ledger_entry ON usage_ledger (entry_id)",
+    ]),
 ]
 
 _SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}

@@ -2,6 +2,7 @@
 
 from .accounts import Accounts
 from .database import Database
+from .journal import journal_dir
 from .ledger import UsageLedger
 from .migrations import migrate
 
@@ -9,11 +10,13 @@ from .migrations import migrate
 class Store:
     """Accounts, keys and the ledger over one database URL."""
 
-    def __init__(self, url: str, pool_size: int = 4, ledger_flush_interval_s: float = 0.2):
+    def __init__(self, url: str, pool_size: int = 4, ledger_flush_interval_s: float = 0.2,
+                 ledger_journal: str = ""):
         self.db = Database(url, pool_size=pool_size)
         migrate(self.db)
         self.accounts = Accounts(self.db)
-        self.ledger = UsageLedger(self.db, self.accounts, ledger_flush_interval_s)
+        self.ledger = UsageLedger(self.db, self.accounts, ledger_flush_interval_s,
+                                  journal_dir(url, ledger_journal))
 
     def drained_backends(self) -> set[str]:
         """Names of the backends an operator has drained (read by every worker's poll)."""
