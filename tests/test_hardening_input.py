@@ -2,6 +2,7 @@
 route: each test is one finding of the hardening review, through a real gateway."""
 
 import json
+import re
 import socket
 
 import pytest
@@ -200,7 +201,12 @@ def test_a_body_that_never_arrives_gets_408(start_sim, start_gateway):
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                      b"Authorization: Bearer " + gateway.key.encode() + b"\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"mo")
-        answer = sock.recv(65536)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < int(
+                re.search(rb"(?i)content-length: (\d+)", answer).group(1)):
+            data = sock.recv(65536)
+            assert data, answer  # closed before the whole answer
+            answer += data
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer[:200]
     assert json.loads(body)["error"]["code"] == "request_timeout"

@@ -298,8 +298,8 @@ CONFIG = Section(
             "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
     Setting("ledger_journal", String(), "Folder of the workers' usage journals (a row is "
             "journaled before its answer ends, so a killed worker loses none); empty: "
-            "`<database file>.ledger-journal` for SQLite, else a folder under the temporary directory "
-            "named after the storage URL."),
+            "`<database file>.ledger-journal` for SQLite, else a folder under the temporary "
+            "directory named after the storage URL."),
     Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
     Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),

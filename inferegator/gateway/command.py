@@ -131,7 +131,8 @@ def run_serve(args) -> int:
         from .core import Gateway
 
         store = Store(config.storage,
-                      ledger_flush_interval_s=config.server.ledger_flush_interval_s)
+                      ledger_flush_interval_s=config.server.ledger_flush_interval_s,
+                      ledger_journal=config.ledger_journal)
         gateway = state["gateway"] = Gateway(config, get_plugin_manager(), store)
         gateway.start_health_checks()
         gateway.hook.inferegator_startup(gateway=gateway)
@@ -150,6 +151,7 @@ def run_serve(args) -> int:
         "worker_connections": args.worker_connections or server.worker_connections,
         "graceful_timeout": int(server.graceful_timeout_s),
         "keepalive": 75,
+        "header_timeout": server.header_timeout_s,  # a setting of serving/worker.py
         "loglevel": args.log_level,
         "accesslog": "-" if args.access_log else None,
         "proc_name": "inferegator",

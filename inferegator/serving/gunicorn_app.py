@@ -1,6 +1,10 @@
-"""Embedded gunicorn with gevent workers; the WSGI app is built in load(), after gevent patched."""
+"""Embedded gunicorn with our gevent worker (worker.py); the WSGI app is built in load(), after
+gevent patched."""
 
 from gunicorn.app.base import BaseApplication
+
+# Registers gunicorn's `header_timeout` setting, which must exist before any gunicorn Config.
+from . import worker  # noqa: F401
 
 
 class EmbeddedGunicorn(BaseApplication):
@@ -14,8 +18,8 @@ class EmbeddedGunicorn(BaseApplication):
         self._app_factory = app_factory
         # One shared control socket path ($HOME/.gunicorn/gunicorn.ctl) would make several
         # gateways and simulators on one host fight over it; we do not use it.
-        self._options = {"worker_class": "gevent", "accesslog": None,
-                         "control_socket_disable": True, **options}
+        self._options = {"worker_class": "inferegator.serving.worker.BoundedGeventWorker",
+                         "accesslog": None, "control_socket_disable": True, **options}
         super().__init__()
 
     def load_config(self):
