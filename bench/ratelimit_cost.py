@@ -69,8 +69,8 @@ from gateway_overhead import machine_ticks, percentile  # noqa: E402  (bench/ on
 
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import RateLimitConfig  # noqa: E402
-from inferegator.gateway.outcome import RequestOutcome, Usage  # noqa: E402
 from inferegator.gateway.request import estimate_prompt_tokens  # noqa: E402
+from inferegator.outcome import RequestOutcome, Usage  # noqa: E402
 from inferegator.ratelimit.limiter import RateLimiter  # noqa: E402
 from inferegator.ratelimit.stores import MemoryWindowStore, RedisWindowStore  # noqa: E402
 from inferegator.store.accounts import KeyRecord  # noqa: E402

@@ -1,14 +1,14 @@
-"""The `inferegator` command: one subcommand per job (sim; later serve, check-config, keys...)."""
+"""The `inferegator` command: one subcommand per job (serve, check-config, users, keys, sim)."""
 
 import argparse
 import sys
 
 from . import __version__
-from .gateway import command as gateway_command
+from .commands import accounts as accounts_command
+from .commands import gateway as gateway_command
 from .simulator import command as sim_command
-from .store import command as store_command
 
-SUBCOMMANDS = (gateway_command, store_command, sim_command)
+SUBCOMMANDS = (gateway_command, accounts_command, sim_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,9 +91,8 @@ def model_not_allowed(model_id: str) -> GatewayError:
                         "invalid_request_error", "model_not_allowed", "model")
 
 
-def permission_denied() -> GatewayError:
-    return GatewayError(403, "This endpoint requires an admin API key.",
-                        "invalid_request_error", "permission_denied")
+def permission_denied(message: str = "This endpoint requires an admin API key.") -> GatewayError:
+    return GatewayError(403, message, "invalid_request_error", "permission_denied")
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> GatewayError:

@@ -9,29 +9,35 @@ store's public records only: never a password or key hash.
 
 import falcon
 
-from inferegator import hookimpl
-from inferegator.body import read_json
-from inferegator.errors import (
+from inferegator.plugin import (
+    LIMIT_FIELDS,
+    ClientRequest,
+    DuplicateEmail,
+    NotFound,
     email_taken,
-    invalid_api_key,
+    hookimpl,
     invalid_request,
     not_found,
     permission_denied,
+    read_json,
+    usage_summary,
 )
-from inferegator.gateway.request import ClientRequest
-from inferegator.store import api_validation as check
-from inferegator.store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
-from inferegator.store.ledger import usage_summary
+from inferegator.plugin import authenticate as authenticate_request
+from inferegator.plugin import validate as check
 
 
 def authenticate(gateway, req, admin: bool = False):
     """The caller's Principal: 401 for a bad key, 403 on admin routes for a non-admin."""
-    principal = gateway.hook.inferegator_authenticate(gateway=gateway,
-                                                      request=ClientRequest(req))
-    if principal is None:
-        raise invalid_api_key()
-    if admin and not principal.is_admin:
-        raise permission_denied()
+    return authenticate_request(gateway, ClientRequest(req), admin)
+
+
+def key_holder(gateway, req):
+    """The caller of a /v1/me route, who must hold a key of this gateway's store: callers
+    another plugin authenticates (a JWT, say) have no keys or usage here (403)."""
+    principal = authenticate(gateway, req)
+    if principal.attributes.get("key") is None:
+        raise permission_denied("The /v1/me routes manage this gateway's own API keys; "
+                                "the credentials you sent are not one.")
     return principal
 
 
@@ -161,12 +167,12 @@ class MyKeys(_Resource):
     so that a user cannot escape an admin's restrictions by minting a key."""
 
     def on_get(self, req, resp):
-        principal = authenticate(self.gateway, req)
+        principal = key_holder(self.gateway, req)
         check.query(req.params, ())
         resp.media = _listing(self.accounts.list_keys(principal.owner), _key)
 
     def on_post(self, req, resp):
-        principal = authenticate(self.gateway, req)
+        principal = key_holder(self.gateway, req)
         fields = check.new_key(_body(self.gateway, req), (), admin=False)
         caller = principal.attributes.get("key")
         inherited = {name: getattr(caller, name) for name in LIMIT_FIELDS} if caller else {}
@@ -177,7 +183,7 @@ class MyKey(_Resource):
     """DELETE /v1/me/keys/{key_id}: revoke one of the caller's keys (others': 404)."""
 
     def on_delete(self, req, resp, key_id):
-        principal = authenticate(self.gateway, req)
+        principal = key_holder(self.gateway, req)
         try:
             resp.media = _key(self.accounts.revoke_key(key_id, principal.owner))
         except NotFound:
@@ -188,7 +194,7 @@ class MyUsage(_Resource):
     """GET /v1/me/usage?group_by=day|model|key&start=&end=: the caller's usage ledger."""
 
     def on_get(self, req, resp):
-        principal = authenticate(self.gateway, req)
+        principal = key_holder(self.gateway, req)
         q = check.usage_query(req.params)
         rows = usage_summary(self.gateway.store.db, principal.owner, q["group_by"],
                              q["start_day"], q["end_day"])

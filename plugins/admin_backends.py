@@ -5,11 +5,14 @@ A drain is stored in the database, so every worker and replica takes the backend
 of rotation at its next load poll (``server.load_poll_interval_s``, 1 s by default).
 """
 
-from inferegator_plugins.accounts_api import authenticate
-
-from inferegator import hookimpl
-from inferegator.body import read_json
-from inferegator.errors import invalid_request, not_found
+from inferegator.plugin import (
+    ClientRequest,
+    authenticate,
+    hookimpl,
+    invalid_request,
+    not_found,
+    read_json,
+)
 
 
 class Backends:
@@ -19,7 +22,7 @@ class Backends:
         self.gateway = gateway
 
     def on_get(self, req, resp):
-        authenticate(self.gateway, req, admin=True)
+        authenticate(self.gateway, ClientRequest(req), admin=True)
         resp.media = {"object": "list", "data": [
             {"model": model.id, "routing": model.config.routing, **backend.state()}
             for model in self.gateway.catalog.models.values() for backend in model.backends]}
@@ -33,7 +36,7 @@ class Drain:
         self.drained = drained
 
     def on_post(self, req, resp):
-        authenticate(self.gateway, req, admin=True)
+        authenticate(self.gateway, ClientRequest(req), admin=True)
         body = read_json(req, self.gateway.config.server)
         name = body.get("backend")
         if not isinstance(name, str) or not name:

@@ -8,10 +8,13 @@ malformed keys all get the same 401, so answers do not tell which keys exist.
 
 import time
 
-from inferegator import hookimpl
-from inferegator.auth import Principal, bearer_token
-from inferegator.errors import model_not_allowed
-from inferegator.store.secrets import looks_like_key
+from inferegator.plugin import (
+    Principal,
+    bearer_token,
+    hookimpl,
+    looks_like_key,
+    model_not_allowed,
+)
 
 
 class KeyCache:
@@ -37,13 +40,13 @@ class KeyCache:
         return record
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_startup(gateway):
     gateway.plugin_state["auth_api_keys"] = KeyCache(gateway.store.accounts,
                                                      gateway.config.auth.key_cache_ttl_s)
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_authenticate(gateway, request):
     token = bearer_token(request)
     if token is None or not looks_like_key(token):
@@ -55,7 +58,7 @@ def inferegator_authenticate(gateway, request):
                      attributes={"key": record})
 
 
-@hookimpl(tryfirst=True)
+@hookimpl(trylast=True)
 def inferegator_admit(principal, model):
     key = principal.attributes.get("key")
     if key is not None and key.allowed_models is not None and model.id not in key.allowed_models:

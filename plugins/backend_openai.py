@@ -1,7 +1,6 @@
 """The ``openai`` backend type: any OpenAI-compatible server (vLLM, llama.cpp, a provider)."""
 
-from inferegator import hookimpl
-from inferegator.backends.base import BackendAdapter
+from inferegator.plugin import BackendAdapter, hookimpl
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions"}
 

@@ -2,8 +2,7 @@
 
 import requests
 
-from inferegator import hookimpl
-from inferegator.backends.base import BackendAdapter
+from inferegator.plugin import BackendAdapter, hookimpl
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 

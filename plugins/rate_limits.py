@@ -2,10 +2,7 @@
 
 import time
 
-from inferegator import hookimpl
-from inferegator.ratelimit.limiter import RateLimiter
-from inferegator.ratelimit.stores import open_window_store
-from inferegator.store.ledger import month_spend
+from inferegator.plugin import RateLimiter, hookimpl, month_spend, open_window_store
 
 SPEND_CACHE_S = 1.0  # a budget may be overrun by at most this long's spending
 
@@ -28,19 +25,19 @@ class SpendCache:
         return spent
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_startup(gateway):
     config = gateway.config.ratelimit
     gateway.plugin_state["rate_limits"] = RateLimiter(
         config, open_window_store(config.store), SpendCache(gateway.store.db))
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_admit(gateway, principal, model, request):
     return gateway.plugin_state["rate_limits"].admit(principal, model, request)
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_request_finished(gateway, outcome):
     request = outcome.request
     if request is not None:

@@ -8,10 +8,7 @@ gateway replica, with no shared state, sends it to the same runtime while loads 
 balanced, and a hot prefix spills over to the next runtime instead of swamping one.
 """
 
-from inferegator import hookimpl
-from inferegator.gateway.request import CHAT
-from inferegator.routing import Option
-from inferegator.routing_ring import RingPolicy
+from inferegator.plugin import CHAT, Option, RingPolicy, hookimpl
 
 # A data: URL's tail (or an http URL's) tells images apart without hashing megabytes.
 IMAGE_URL_TAIL = 64

@@ -1,7 +1,6 @@
 """The ``least_load`` routing policy: the primary with the fewest requests first."""
 
-from inferegator import hookimpl
-from inferegator.routing import RandomizedPolicy, by_load
+from inferegator.plugin import RandomizedPolicy, by_load, hookimpl
 
 
 class LeastLoadPolicy(RandomizedPolicy):

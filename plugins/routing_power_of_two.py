@@ -4,8 +4,7 @@ Choosing between two at random keeps nearly all of least_load's balance while
 replicas whose load views lag do not all pile onto the same "least loaded" backend.
 """
 
-from inferegator import hookimpl
-from inferegator.routing import RandomizedPolicy, by_load
+from inferegator.plugin import RandomizedPolicy, by_load, hookimpl
 
 
 class PowerOfTwoPolicy(RandomizedPolicy):

@@ -2,8 +2,7 @@
 
 import itertools
 
-from inferegator import hookimpl
-from inferegator.routing import RoutingPolicy
+from inferegator.plugin import RoutingPolicy, hookimpl
 
 
 class RoundRobinPolicy(RoutingPolicy):

@@ -7,9 +7,7 @@ the header are ordered by load, as least_load does.
 
 import random
 
-from inferegator import hookimpl
-from inferegator.routing import Option, by_load
-from inferegator.routing_ring import RingPolicy
+from inferegator.plugin import Option, RingPolicy, by_load, hookimpl
 
 
 class StickyPolicy(RingPolicy):

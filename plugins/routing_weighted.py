@@ -1,7 +1,6 @@
 """The ``weighted`` routing policy: primaries at random in proportion to their weight."""
 
-from inferegator import hookimpl
-from inferegator.routing import RandomizedPolicy
+from inferegator.plugin import RandomizedPolicy, hookimpl
 
 
 class WeightedPolicy(RandomizedPolicy):

@@ -4,20 +4,20 @@ Rows are queued in memory and written in batches by the ledger's flusher; the
 shutdown hook writes what is left, so a graceful stop loses no row.
 """
 
-from inferegator import hookimpl
+from inferegator.plugin import hookimpl
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_startup(gateway):
     gateway.store.ledger.start()
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_shutdown(gateway):
     gateway.store.ledger.close()
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def inferegator_request_finished(gateway, outcome):
     principal = outcome.principal
     if principal is None:

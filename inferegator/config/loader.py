@@ -12,6 +12,7 @@ import yaml
 
 from . import schema
 from .model import Config
+from .plugin_settings import validate_plugin_settings
 
 
 class Problem(NamedTuple):
@@ -37,8 +38,9 @@ class ConfigError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def load_config(path, environ=None) -> Config:
-    """Read, interpolate and validate the YAML file at `path` (environ: default os.environ)."""
+def load_config(path, environ=None, plugin_schemas=None) -> Config:
+    """Read, interpolate and validate the YAML file at `path` (environ: default os.environ;
+    plugin_schemas: plugin name -> the Section its settings are checked against)."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -46,10 +48,11 @@ def load_config(path, environ=None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem(path, None, "", f"cannot read the config file: {exc}")
         raise ConfigError([problem]) from None
-    return parse_config(text, path, environ)
+    return parse_config(text, path, environ, plugin_schemas)
 
 
-def parse_config(text: str, path: str = "<config>", environ=None) -> Config:
+def parse_config(text: str, path: str = "<config>", environ=None,
+                 plugin_schemas=None) -> Config:
     """Like load_config, for YAML already in hand; `path` is what error messages name."""
     try:
         data = _load_yaml(text, os.environ if environ is None else environ)
@@ -57,6 +60,9 @@ def parse_config(text: str, path: str = "<config>", environ=None) -> Config:
         raise ConfigError([_syntax_problem(exc, text, path)]) from None
     found = []
     values = schema.validate(data, found)
+    if plugin_schemas and not found:
+        values["plugins"] = validate_plugin_settings(data.get("plugins"), plugin_schemas,
+                                                     found)
     if found:
         problems = [Problem(path, line, field, message) for line, field, message in found]
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))

@@ -5,6 +5,7 @@ import logging
 
 import falcon
 
+from ..auth import authenticate
 from ..errors import (
     GatewayError,
     internal_error,
@@ -32,16 +33,15 @@ class Generation:
 class Models:
     """GET /v1/models and /v1/models/{id}: OpenAI's fields plus pricing, context, capabilities."""
 
-    def __init__(self, gateway, pipeline):
+    def __init__(self, gateway):
         self.gateway = gateway
-        self.pipeline = pipeline
 
     def on_get(self, req, resp):
-        self.pipeline.authenticate(ClientRequest(req))
+        authenticate(self.gateway, ClientRequest(req))
         resp.media = self.gateway.catalog.listing()
 
     def on_get_one(self, req, resp, model_id):
-        self.pipeline.authenticate(ClientRequest(req))
+        authenticate(self.gateway, ClientRequest(req))
         model = self.gateway.catalog.get(model_id)
         if model is None:
             raise model_not_found(model_id)
@@ -104,7 +104,7 @@ def create_app(gateway) -> falcon.App:
     pipeline = Pipeline(gateway)
     app.add_route("/v1/chat/completions", Generation(pipeline, CHAT))
     app.add_route("/v1/completions", Generation(pipeline, COMPLETIONS))
-    models = Models(gateway, pipeline)
+    models = Models(gateway)
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
     app.add_route("/health", Health())

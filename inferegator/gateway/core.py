@@ -22,9 +22,11 @@ def _merged(results) -> dict:
 class Gateway:
     """What every request needs: config, plugin hooks, the catalog and backend health."""
 
-    def __init__(self, config, plugin_manager, store=None):
+    def __init__(self, config, plugin_manager, store=None, clock=time.monotonic):
         self.config = config
         self.store = store  # accounts, keys, usage ledger (None only for check-config)
+        self.clock = clock  # monotonic seconds, for plugins' caches and windows
+        self.app = None  # the WSGI app, once inferegator.factory.build_gateway made it
         self.plugin_state: dict = {}  # each plugin's per-worker objects, by plugin name
         self.pm = plugin_manager
         self.hook = plugin_manager.hook
@@ -124,6 +126,13 @@ class Gateway:
     def stop(self) -> None:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
+
+    def close(self) -> None:
+        """Stop the background loops, run the shutdown hooks, close the store."""
+        self.stop()
+        self.hook.inferegator_shutdown(gateway=self)
+        if self.store is not None:
+            self.store.close()
 
     def ready(self) -> dict:
         """Readiness: each model's healthy backend count (a probe must have passed); ready

@@ -14,6 +14,8 @@ import time
 import gevent
 import requests
 
+from .. import outcome as ends
+from ..auth import authenticate
 from ..backends.base import ERROR_BODY_BYTES
 from ..backends.health import RetryBudget
 from ..body import json_object, read_body
@@ -21,7 +23,6 @@ from ..errors import (
     GatewayError,
     UpstreamFault,
     internal_error,
-    invalid_api_key,
     invalid_request,
     model_not_found,
     model_unavailable,
@@ -29,9 +30,8 @@ from ..errors import (
     upstream_timeout,
     upstream_too_large,
 )
+from ..outcome import RequestOutcome
 from ..serving.disconnect import ClientDisconnected, ClientWatch
-from . import outcome as ends
-from .outcome import RequestOutcome
 from .relay import SSERelay, rewrite_json
 from .request import GatewayRequest, parse_generation, request_id
 
@@ -60,7 +60,7 @@ class Pipeline:
         streaming = False
         try:
             raw = read_body(req, self.server.max_body_bytes, self.server.body_timeout_s)
-            outcome.principal = self.authenticate(greq)
+            outcome.principal = authenticate(self.gateway, greq)
             parse_generation(greq, json_object(raw))
             outcome.model_id, outcome.stream = greq.model_id, greq.stream
             model = self._admit(greq)
@@ -73,7 +73,7 @@ class Pipeline:
                 resp.stream = self._relay_stream(greq, model, lease, first, outcome, watch)
                 streaming = True  # the stream owns the lease, the watch and the finish now
                 return
-            resp.data, outcome.usage = self._read_answer(lease, model, watch)
+            resp.data, outcome.usage = self._read_answer(greq, lease, model, watch)
             resp.content_type = "application/json"
         except GatewayError as error:
             _failed(outcome, error)
@@ -90,14 +90,6 @@ class Pipeline:
                 if watch is not None:
                     watch.close()
                 self._finish(outcome)
-
-    def authenticate(self, request):
-        """The caller's Principal (set on the request), or 401 invalid_api_key."""
-        principal = self.hook.inferegator_authenticate(gateway=self.gateway, request=request)
-        if principal is None:
-            raise invalid_api_key()
-        request.principal = principal
-        return principal
 
     def _admit(self, greq):
         """Resolve the model and let every limiter vote; the CatalogModel."""
@@ -203,9 +195,12 @@ class Pipeline:
         finally:
             watch.waiting = False
         lease.succeeded()
+        if first is not None:
+            self.hook.inferegator_after_upstream(gateway=self.gateway, request=greq,
+                                                 backend=backend, answer=None)
         return True, first, None
 
-    def _read_answer(self, lease, model, watch):
+    def _read_answer(self, greq, lease, model, watch):
         """A non-streamed answer, read within the backend's size and time bounds; returns
         (the client's bytes, usage)."""
         backend, upstream = lease.backend, lease.response
@@ -222,7 +217,9 @@ class Pipeline:
                     raise UpstreamFault(upstream_too_large("an answer", limit))
                 parts.append(data)
             watch.waiting = False
-            return rewrite_json(b"".join(parts), model.id)
+            return rewrite_json(b"".join(parts), model.id, lambda answer: (
+                self.hook.inferegator_after_upstream(gateway=self.gateway, request=greq,
+                                                     backend=backend, answer=answer)))
         except UpstreamFault as fault:
             lease.failed()
             raise fault.error from None

@@ -8,7 +8,7 @@ everything else on as the bytes that arrived.
 import json
 
 from ..errors import GatewayError, UpstreamFault, upstream_failed, upstream_too_large
-from .outcome import Usage
+from ..outcome import Usage
 
 _DONE = b"data: [DONE]"
 
@@ -22,8 +22,9 @@ def clean_usage(usage: dict) -> dict:
     return {k: v for k, v in usage.items() if v is not None}
 
 
-def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, Usage | None]:
-    """A non-streamed answer with the public model id; returns (bytes, usage)."""
+def rewrite_json(content: bytes, public_model: str, edit=None) -> tuple[bytes, Usage | None]:
+    """A non-streamed answer with the public model id, after ``edit(answer)`` (the
+    after-upstream hooks) has seen it; returns (bytes, usage)."""
     try:
         body = json.loads(content)
     except (ValueError, RecursionError):
@@ -40,6 +41,9 @@ def rewrite_json(content: bytes, public_model: str) -> tuple[bytes, Usage | None
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             message.setdefault("refusal", None)  # OpenAI requires it; SGLang omits it
+    if edit is not None:
+        edit(body)
+        usage = body.get("usage")
     return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
 
 

@@ -11,8 +11,8 @@ import math
 import time
 import uuid
 
+from .. import outcome as ends
 from ..errors import GatewayError
-from ..gateway import outcome as ends
 from .durations import format_duration
 from .stores import Limit, StoreUnavailable
 

@@ -12,7 +12,8 @@ import sys
 from datetime import datetime, timezone
 
 from ..errors import GatewayError
-from . import api_validation as check
+from ..store import api_validation as check
+from . import load_or_report
 
 DEFAULT_CONFIG = "config/inferegator.yaml"
 
@@ -66,9 +67,8 @@ def register(subparsers) -> None:
 def _run(action):
     """A handler: open the configured store, run the action, turn failures into exit 2."""
     def handler(args) -> int:
-        from ..gateway.command import _load
 
-        config = _load(args.config)
+        config = load_or_report(args.config)
         if config is None:
             return 2
         try:
@@ -94,8 +94,8 @@ def _run(action):
 
 
 def _open(url):
-    from .database import StoreError
-    from .store import Store
+    from ..store.database import StoreError
+    from ..store.store import Store
 
     try:
         return Store(url)
@@ -114,7 +114,7 @@ def _database_errors() -> tuple:
 
 
 def _user(accounts, ident: str) -> dict:
-    from .accounts import NotFound
+    from ..store.accounts import NotFound
 
     try:
         return accounts.get_user(ident)
@@ -125,7 +125,7 @@ def _user(accounts, ident: str) -> dict:
 # -- actions ------------------------------------------------------------------------------
 
 def users_create(args, config, accounts) -> None:
-    from .accounts import DuplicateEmail
+    from ..store.accounts import DuplicateEmail
 
     email = check.email(args.email, "--email")
     password = check.password(_password(args), "--password")
@@ -189,7 +189,7 @@ def keys_list(args, config, accounts) -> None:
 
 
 def keys_revoke(args, config, accounts) -> None:
-    from .accounts import NotFound
+    from ..store.accounts import NotFound
 
     try:
         record = accounts.revoke_key(args.key_id)

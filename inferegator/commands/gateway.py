@@ -3,6 +3,8 @@
 import os
 import sys
 
+from . import load_or_report
+
 DEFAULT_CONFIG = "config/inferegator.yaml"
 
 
@@ -28,38 +30,32 @@ def register(subparsers) -> None:
 
     plugins = subparsers.add_parser(
         "plugins", help="List the loaded plugins, their versions and the hooks they implement.")
+    plugins.add_argument("--config", default=DEFAULT_CONFIG)
     plugins.set_defaults(handler=run_plugins)
 
 
 def run_plugins(args) -> int:
     import json
 
-    from ..plugin_manager import describe_plugins, get_plugin_manager
+    from ..factory import build_plugin_manager, describe_plugins
 
-    print(json.dumps(describe_plugins(get_plugin_manager()), indent=2))
+    config = load_or_report(args.config)
+    if config is None:
+        return 2
+    print(json.dumps(describe_plugins(build_plugin_manager(config)), indent=2))
     return 0
 
 
-def _load(path):
-    from ..config import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(f"inferegator: invalid configuration:\n{exc}", file=sys.stderr)
-        return None
-
-
 def run_check_config(args) -> int:
-    config = _load(args.config)
+    config = load_or_report(args.config)
     if config is None:
         return 2
     from ..errors import GatewayBuildError
-    from ..plugin_manager import get_plugin_manager
-    from .core import Gateway
+    from ..factory import build_plugin_manager
+    from ..gateway.core import Gateway
 
     try:
-        gateway = Gateway(config, get_plugin_manager())
+        gateway = Gateway(config, build_plugin_manager(config))
     except GatewayBuildError as exc:
         print(f"inferegator: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +86,7 @@ def banner(config, bind: str, key=None) -> str:
 
 
 def run_serve(args) -> int:
-    config = _load(args.config)
+    config = load_or_report(args.config)
     if config is None:
         return 2
     from ..runtimes import RuntimeSupervisor
@@ -126,24 +122,19 @@ def run_serve(args) -> int:
         state["key"] = key
 
     def app_factory():
-        from ..plugin_manager import get_plugin_manager
-        from .app import create_app
-        from .core import Gateway
+        from ..factory import build_gateway
 
         store = Store(config.storage,
                       ledger_flush_interval_s=config.server.ledger_flush_interval_s,
                       ledger_journal=config.ledger_journal)
-        gateway = state["gateway"] = Gateway(config, get_plugin_manager(), store)
+        gateway = state["gateway"] = build_gateway(config, store=store)
         gateway.start_health_checks()
-        gateway.hook.inferegator_startup(gateway=gateway)
-        return create_app(gateway)
+        return gateway.app
 
     def worker_exit(arbiter, worker):
         gateway = state.get("gateway")
         if gateway is not None:
-            gateway.stop()
-            gateway.hook.inferegator_shutdown(gateway=gateway)
-            gateway.store.close()
+            gateway.close()
 
     options = {
         "bind": args.bind or server.bind,

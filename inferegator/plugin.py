@@ -1,0 +1,63 @@
+"""Everything a plugin may use: the one module whose names are promised to plugin authors.
+
+A plugin imports from here and nowhere else in ``inferegator``; what is not listed in
+``__all__`` may change in any release. The built-in plugins (``inferegator_plugins``)
+are held to the same rule by a test. See docs/hooks.md for every hook with a worked
+example, and docs/plugins.md for packaging, settings and testing a plugin.
+"""
+
+from . import hookimpl
+from .auth import Principal, authenticate, bearer_token
+from .backends.base import BackendAdapter
+from .body import json_object, read_body, read_json
+from .config.fields import Bool, Enum, Float, Int, ListOf, Section, Setting, String
+from .config.plugin_settings import plugin_settings
+from .errors import (
+    GatewayError,
+    email_taken,
+    internal_error,
+    invalid_api_key,
+    invalid_request,
+    model_not_allowed,
+    not_found,
+    permission_denied,
+    upstream_failed,
+)
+from .gateway.request import CHAT, COMPLETIONS, ClientRequest, GatewayRequest
+from .outcome import (
+    CLIENT_DISCONNECTED,
+    COMPLETED,
+    FAILED,
+    REJECTED,
+    UPSTREAM_FAILED,
+    RequestOutcome,
+    Usage,
+)
+from .ratelimit.limiter import RateLimiter
+from .ratelimit.stores import open_window_store
+from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load
+from .routing_ring import RingPolicy
+from .store import api_validation as validate
+from .store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
+from .store.ledger import month_spend, usage_summary
+from .store.secrets import looks_like_key
+
+__all__ = [
+    # hooks and the objects they pass
+    "hookimpl", "Principal", "ClientRequest", "GatewayRequest", "CHAT", "COMPLETIONS",
+    "RequestOutcome", "Usage", "COMPLETED", "CLIENT_DISCONNECTED", "UPSTREAM_FAILED",
+    "REJECTED", "FAILED",
+    # authentication and request bodies
+    "authenticate", "bearer_token", "looks_like_key", "read_body", "read_json",
+    "json_object",
+    # errors in OpenAI's shape
+    "GatewayError", "invalid_request", "invalid_api_key", "permission_denied",
+    "not_found", "email_taken", "model_not_allowed", "upstream_failed", "internal_error",
+    # settings a plugin declares (SETTINGS = Section(...)) and reads
+    "Section", "Setting", "Bool", "Enum", "Float", "Int", "ListOf", "String",
+    "plugin_settings",
+    # building blocks: backends, routing, limits, accounts and usage
+    "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
+    "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
+    "DuplicateEmail", "NotFound", "usage_summary", "month_spend",
+]
