@@ -24,11 +24,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from inferegator_plugins.auth_api_keys import KeyCache  # noqa: E402
-
 from inferegator.auth import Principal  # noqa: E402
 from inferegator.config.model import Pricing  # noqa: E402
 from inferegator.store.store import Store  # noqa: E402
+from inferegator.ttl_cache import TTLCache  # noqa: E402
 
 
 def per_call_us(fn, n: int) -> float:
@@ -51,9 +50,9 @@ def measure(storage: str) -> dict:
     store = Store(storage)
     user = store.accounts.create_user(f"bench-{time.time_ns()}@example.com", "password 12345")
     secret, record = store.accounts.create_key(user["id"], "bench")
-    cache = KeyCache(store.accounts, ttl_s=2.0)
-    cache.lookup(secret)
-    hit = per_call_us(lambda: cache.lookup(secret), 20000)
+    cache = TTLCache(store.accounts.find_key, ttl_s=2.0)
+    cache.get(secret)
+    hit = per_call_us(lambda: cache.get(secret), 20000)
     miss = per_call_us(lambda: store.accounts.find_key(secret), 500)
     principal = Principal(key_id=record["id"], owner=user["id"])
     rows = [ledger_row(i, principal.key_id, principal.owner) for i in range(2000)]

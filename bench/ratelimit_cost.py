@@ -102,13 +102,13 @@ def make_principal(key_id: str) -> Principal:
 
 def make_request(i: int):
     return SimpleNamespace(body=BODY, max_tokens=16, n=1, request_id=f"req-{i}",
+                           endpoint="chat", model_id=MODEL.id, stream=False, principal=None,
                            prompt_estimate=estimate_prompt_tokens("chat", BODY),
                            response_headers={}, plugin_data={})
 
 
 def make_outcome(request) -> RequestOutcome:
-    return RequestOutcome(request.request_id, "chat", MODEL.id, False, time.time(),
-                          usage=USAGE, request=request)
+    return RequestOutcome(request, time.time(), usage=USAGE)
 
 
 def stats_us(samples_s: list) -> dict:

@@ -3,6 +3,7 @@
 import time
 
 from .openai_shapes import model_card, model_list
+from .routing import split_roles
 
 
 class CatalogModel:
@@ -26,9 +27,8 @@ class CatalogModel:
 
     def candidates(self) -> list:
         """Healthy backends: primaries first, then fallbacks, in YAML order."""
-        healthy = [b for b in self.backends if b.healthy]
-        return [b for b in healthy if b.role == "primary"] + \
-               [b for b in healthy if b.role != "primary"]
+        primaries, fallbacks = split_roles([b for b in self.backends if b.healthy])
+        return primaries + fallbacks
 
 
 class Catalog:

@@ -41,12 +41,10 @@ class Usage(NamedTuple):
 
 @dataclass
 class RequestOutcome:
-    request_id: str
-    endpoint: str
-    model_id: str | None  # None when the body was refused before naming a valid model
-    stream: bool
+    """How one request ended; what it asked for and who asked are on ``request``."""
+
+    request: object  # the GatewayRequest: request_id, endpoint, principal, body, plugin_data
     started: float  # wall clock, seconds
-    principal: object = None
     backend: str | None = None
     status: str = COMPLETED
     http_status: int = 200
@@ -56,8 +54,29 @@ class RequestOutcome:
     ttft_s: float | None = None
     error: str | None = None
     attempts: list = field(default_factory=list)  # backends tried, in order
-    request: object = None  # the GatewayRequest (body, principal, plugin_data)
     finished: bool = False  # inferegator_request_finished has run (exactly once)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def endpoint(self) -> str:
+        return self.request.endpoint
+
+    @property
+    def model_id(self) -> str | None:
+        """None when the body was refused before it named a valid model."""
+        return self.request.model_id
+
+    @property
+    def stream(self) -> bool:
+        return self.request.stream
+
+    @property
+    def principal(self):
+        """None when authentication failed (nobody to bill)."""
+        return self.request.principal
 
     @property
     def prompt_tokens(self) -> int:

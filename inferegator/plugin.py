@@ -41,6 +41,7 @@ from .store import api_validation as validate
 from .store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
 from .store.ledger import month_spend, usage_summary
 from .store.secrets import looks_like_key
+from .ttl_cache import TTLCache
 
 __all__ = [
     # hooks and the objects they pass
@@ -59,5 +60,5 @@ __all__ = [
     # building blocks: backends, routing, limits, accounts and usage
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
-    "DuplicateEmail", "NotFound", "usage_summary", "month_spend",
+    "DuplicateEmail", "NotFound", "usage_summary", "month_spend", "TTLCache",
 ]

@@ -14,6 +14,14 @@ class Option(NamedTuple):
     minimum: float | None = None
 
 
+def split_roles(candidates: list) -> tuple[list, list]:
+    """(primaries, fallbacks), each in the order given."""
+    primaries = [b for b in candidates if b.role == "primary"]
+    if len(primaries) == len(candidates):
+        return primaries, []
+    return primaries, [b for b in candidates if b.role != "primary"]
+
+
 class RoutingPolicy:
     """Subclass and register through ``inferegator_register_routing_policies``.
 
@@ -54,13 +62,7 @@ class RoutingPolicy:
             settings[name] = value
         return settings
 
-    @staticmethod
-    def split_roles(candidates: list) -> tuple[list, list]:
-        """(primaries, fallbacks), each in the order given."""
-        primaries = [b for b in candidates if b.role == "primary"]
-        if len(primaries) == len(candidates):
-            return primaries, []
-        return primaries, [b for b in candidates if b.role != "primary"]
+    split_roles = staticmethod(split_roles)  # (primaries, fallbacks), each in order
 
 
 class RandomizedPolicy(RoutingPolicy):

@@ -123,8 +123,7 @@ class RingPolicy(RoutingPolicy):
 
     def __init__(self, model):
         super().__init__(model)
-        primaries = [b for b in model.backends if b.role == "primary"]
-        self.ring = HashRing(primaries, self.settings["virtual_nodes"])
+        self.ring = HashRing(self.split_roles(model.backends)[0], self.settings["virtual_nodes"])
         self.epsilon = self.settings["balance_epsilon"]
         self.slack = self.settings["balance_slack"]
         self.key_header = self.settings["routing_key_header"]

@@ -6,10 +6,9 @@ disabled user, keeps working, in every worker and replica. Unknown, revoked and
 malformed keys all get the same 401, so answers do not tell which keys exist.
 """
 
-import time
-
 from inferegator.plugin import (
     Principal,
+    TTLCache,
     bearer_token,
     hookimpl,
     looks_like_key,
@@ -17,33 +16,11 @@ from inferegator.plugin import (
 )
 
 
-class KeyCache:
-    """secret -> (KeyRecord or None, expiry); bounded so random keys cannot grow it forever."""
-
-    def __init__(self, accounts, ttl_s: float, max_entries: int = 100_000,
-                 clock=time.monotonic):
-        self.accounts = accounts
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self.clock = clock
-        self._entries: dict[str, tuple] = {}
-
-    def lookup(self, secret: str):
-        now = self.clock()
-        entry = self._entries.get(secret)
-        if entry is not None and entry[1] > now:
-            return entry[0]
-        record = self.accounts.find_key(secret)
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[secret] = (record, now + self.ttl_s)
-        return record
-
-
 @hookimpl(trylast=True)
 def inferegator_startup(gateway):
-    gateway.plugin_state["auth_api_keys"] = KeyCache(gateway.store.accounts,
-                                                     gateway.config.auth.key_cache_ttl_s)
+    gateway.plugin_state["auth_api_keys"] = TTLCache(
+        gateway.store.accounts.find_key, gateway.config.auth.key_cache_ttl_s,
+        clock=gateway.clock)
 
 
 @hookimpl(trylast=True)
@@ -51,7 +28,7 @@ def inferegator_authenticate(gateway, request):
     token = bearer_token(request)
     if token is None or not looks_like_key(token):
         return None
-    record = gateway.plugin_state["auth_api_keys"].lookup(token)
+    record = gateway.plugin_state["auth_api_keys"].get(token)
     if record is None or not record.active:
         return None
     return Principal(key_id=record.id, owner=record.user_id, is_admin=record.role == "admin",

@@ -1,35 +1,17 @@
 """Per-key rate limits and monthly budgets on the admit hook, reconciled when requests end."""
 
-import time
-
-from inferegator.plugin import RateLimiter, hookimpl, month_spend, open_window_store
+from inferegator.plugin import RateLimiter, TTLCache, hookimpl, month_spend, open_window_store
 
 SPEND_CACHE_S = 1.0  # a budget may be overrun by at most this long's spending
 
 
-class SpendCache:
-    """This month's spend per key, from the ledger, re-read at most every SPEND_CACHE_S."""
-
-    def __init__(self, db, clock=time.monotonic):
-        self.db = db
-        self.clock = clock
-        self._cache: dict[str, tuple[float, float]] = {}
-
-    def __call__(self, key_id: str) -> float:
-        now = self.clock()
-        hit = self._cache.get(key_id)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        spent = month_spend(self.db, key_id)
-        self._cache[key_id] = (spent, now + SPEND_CACHE_S)
-        return spent
-
-
 @hookimpl(trylast=True)
 def inferegator_startup(gateway):
-    config = gateway.config.ratelimit
+    config, db = gateway.config.ratelimit, gateway.store.db
+    spend = TTLCache(lambda key_id: month_spend(db, key_id), SPEND_CACHE_S,
+                     clock=gateway.clock)
     gateway.plugin_state["rate_limits"] = RateLimiter(
-        config, open_window_store(config.store), SpendCache(gateway.store.db))
+        config, open_window_store(config.store), spend.get, clock=gateway.clock)
 
 
 @hookimpl(trylast=True)

@@ -15,8 +15,7 @@ class RoundRobinPolicy(RoutingPolicy):
         self._counter = itertools.count()
 
     def order(self, request, candidates):
-        primaries = [b for b in candidates if b.role == "primary"]
-        fallbacks = [b for b in candidates if b.role != "primary"]
+        primaries, fallbacks = self.split_roles(candidates)
         if primaries:
             start = next(self._counter) % len(primaries)
             primaries = primaries[start:] + primaries[:start]

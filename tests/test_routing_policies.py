@@ -17,7 +17,7 @@ from inferegator_plugins.routing_sticky import StickyPolicy
 from inferegator_plugins.routing_weighted import WeightedPolicy
 
 from inferegator.errors import GatewayBuildError
-from inferegator.plugin_manager import get_plugin_manager
+from inferegator.factory import build_plugin_manager
 from inferegator.routing_ring import HashRing, stable_hash
 from tests.gateway_fixtures import MODEL, gateway_yaml, sdk
 from tests.support.processes import BIN, wait_until
@@ -360,7 +360,7 @@ def test_options_are_checked_when_the_gateway_is_built():
 
 
 def test_every_policy_is_registered_by_name():
-    pm = get_plugin_manager()
+    pm = build_plugin_manager()
     names = {name for result in pm.hook.inferegator_register_routing_policies()
              for name in result}
     assert {"round_robin", "weighted", "least_load", "power_of_two", "cache_aware",

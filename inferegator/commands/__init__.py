@@ -2,6 +2,8 @@
 
 import sys
 
+DEFAULT_CONFIG = "config/inferegator.yaml"
+
 
 def load_or_report(path):
     """The checked config at ``path`` (plugins' settings included), or None after printing

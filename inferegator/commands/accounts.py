@@ -13,9 +13,7 @@ from datetime import datetime, timezone
 
 from ..errors import GatewayError
 from ..store import api_validation as check
-from . import load_or_report
-
-DEFAULT_CONFIG = "config/inferegator.yaml"
+from . import DEFAULT_CONFIG, load_or_report
 
 
 class CommandError(Exception):

@@ -3,9 +3,7 @@
 import os
 import sys
 
-from . import load_or_report
-
-DEFAULT_CONFIG = "config/inferegator.yaml"
+from . import DEFAULT_CONFIG, load_or_report
 
 
 def register(subparsers) -> None:

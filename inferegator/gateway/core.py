@@ -3,11 +3,11 @@
 import logging
 import time
 
-import gevent
 from gevent.pool import Pool
 
 from ..catalog import Catalog, CatalogModel
 from ..errors import GatewayBuildError
+from ..periodic import every
 
 log = logging.getLogger("inferegator.gateway")
 
@@ -99,17 +99,6 @@ class Gateway:
             for backend in backends:
                 backend.drained = backend.name in drained
 
-    def _every(self, interval, work, what):
-        def loop():
-            while True:
-                try:
-                    work()
-                except Exception:  # a bug here must not end the loop
-                    log.exception("%s failed", what)
-                gevent.sleep(interval())
-
-        self._greenlets.append(gevent.spawn(loop))
-
     def start_health_checks(self) -> None:
         server = self.config.server
 
@@ -120,8 +109,10 @@ class Gateway:
             return min(server.health_check_interval_s, 0.5) if waiting \
                 else server.health_check_interval_s
 
-        self._every(health_interval, self.check_health, "health check")
-        self._every(lambda: server.load_poll_interval_s, self.poll_loads, "load poll")
+        self._greenlets += [
+            every(health_interval, self.check_health, "health check", at_once=True),
+            every(lambda: server.load_poll_interval_s, self.poll_loads, "load poll",
+                  at_once=True)]
 
     def stop(self) -> None:
         for greenlet in self._greenlets:

@@ -54,15 +54,13 @@ class Pipeline:
     def handle(self, endpoint: str, req, resp) -> None:
         greq = req.context.gateway_request = GatewayRequest(endpoint, req, request_id(req))
         resp.set_header("X-Request-ID", greq.request_id)
-        outcome = RequestOutcome(greq.request_id, endpoint, None, False, time.time(),
-                                 request=greq)
+        outcome = RequestOutcome(greq, time.time())
         watch = lease = None
         streaming = False
         try:
             raw = read_body(req, self.server.max_body_bytes, self.server.body_timeout_s)
-            outcome.principal = authenticate(self.gateway, greq)
+            authenticate(self.gateway, greq)
             parse_generation(greq, json_object(raw))
-            outcome.model_id, outcome.stream = greq.model_id, greq.stream
             model = self._admit(greq)
             watch = ClientWatch(req.env)
             lease, first = self._call_upstream(greq, model, outcome, watch)

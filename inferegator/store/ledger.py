@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from datetime import datetime, timezone
 
+from ..periodic import every
 from .journal import LedgerJournal
 
 log = logging.getLogger("inferegator.ledger")
@@ -77,7 +78,7 @@ class UsageLedger:
         self.journal = LedgerJournal(journal_dir) if journal_dir else None
         self._rows: deque[tuple] = deque()
         self._last_used: dict[str, float] = {}
-        self._greenlet = None
+        self._greenlets = []
         self._entry_ids = itertools.count()
         self._entry_prefix = uuid.uuid4().hex[:16]
         self.written = 0
@@ -174,26 +175,16 @@ class UsageLedger:
         return total
 
     def start(self) -> None:
-        import gevent
-
         self.recover()
-
-        def loop():
-            last_recovery = time.monotonic()
-            while True:
-                gevent.sleep(self.flush_interval_s)
-                self.flush()
-                if time.monotonic() - last_recovery > RECOVER_EVERY_S:
-                    last_recovery = time.monotonic()
-                    self.recover()
-
-        self._greenlet = gevent.spawn(loop)
+        self._greenlets = [
+            every(lambda: self.flush_interval_s, self.flush, "ledger flush"),
+            every(lambda: RECOVER_EVERY_S, self.recover, "ledger journal recovery")]
 
     def close(self) -> None:
         """Stop the flusher and write what is left (graceful shutdown)."""
-        if self._greenlet is not None:
-            self._greenlet.kill()
-            self._greenlet = None
+        for greenlet in self._greenlets:
+            greenlet.kill()
+        self._greenlets = []
         for _ in range(3):
             self.flush()
             if not self._rows:
