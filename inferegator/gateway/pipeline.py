@@ -83,11 +83,7 @@ class Pipeline:
             raise
         finally:
             if not streaming:
-                if lease is not None:
-                    lease.close()
-                if watch is not None:
-                    watch.close()
-                self._finish(outcome)
+                self._end(outcome, lease, watch)
 
     def _admit(self, greq):
         """Resolve the model and let every limiter vote; the CatalogModel."""
@@ -235,7 +231,7 @@ class Pipeline:
         outcome.ttft_s = time.perf_counter() - greq.started
         try:
             if relay.done:
-                self._complete(outcome, relay)
+                self._end_stream(outcome, relay, lease, watch, chunks)
             yield b"".join(events)
             while not relay.done:
                 watch.waiting = True
@@ -249,15 +245,13 @@ class Pipeline:
                     break
                 out = relay.feed(data)
                 if relay.done:  # billed before the client sees [DONE]
-                    self._complete(outcome, relay)
+                    self._end_stream(outcome, relay, lease, watch, chunks)
                 if out:
                     yield out[0] if len(out) == 1 else b"".join(out)
             if relay.error is not None:
                 outcome.status, outcome.error = ends.UPSTREAM_FAILED, relay.error.message
             elif not relay.done:
                 raise UpstreamFault(upstream_failed("The stream ended early."))
-            else:
-                _drain(chunks)
         except ClientDisconnected:
             outcome.status = ends.CLIENT_DISCONNECTED
         except GeneratorExit:
@@ -277,14 +271,24 @@ class Pipeline:
             outcome.status, outcome.error = ends.FAILED, "internal error"
             yield internal_error().sse_event()
         finally:
-            watch.close()
-            lease.close()
             if outcome.usage is None:
                 outcome.usage = relay.usage
-            self._finish(outcome)
+            self._end(outcome, lease, watch)
 
-    def _complete(self, outcome, relay) -> None:
+    def _end_stream(self, outcome, relay, lease, watch, chunks) -> None:
+        """A stream's [DONE] came: read the upstream's end (its connection goes back to
+        the pool), then end the request, before the client is sent [DONE]."""
+        _drain(chunks)
         outcome.usage = relay.usage
+        self._end(outcome, lease, watch)
+
+    def _end(self, outcome, lease, watch) -> None:
+        """Every exit of a request comes here: the lease and the watch are given back and
+        the request finished, each exactly once however often this is called."""
+        if lease is not None:
+            lease.close()
+        if watch is not None:
+            watch.close()
         self._finish(outcome)
 
     def _finish(self, outcome) -> None:

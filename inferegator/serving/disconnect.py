@@ -99,7 +99,9 @@ class ClientWatch:
             gevent.kill(self._greenlet, self._on_expiry)
 
     def close(self):
+        """Stop watching (idempotent)."""
         self._stop()
+        self._stop = _noop
         if self._timer is not None:
             self._timer.stop()
             self._timer.close()
