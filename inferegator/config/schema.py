@@ -27,6 +27,7 @@ from .fields import (  # noqa: F401  (the types are part of the schema's vocabul
     key_line,
     shown,
 )
+from .launch import flag_conflict, launch_spec, runtime_health
 from .model import (
     AuthConfig,
     BackendConfig,
@@ -130,7 +131,8 @@ class RuntimeSection(Section):
     """A `runtimes:` entry: which settings apply depends on its `type`.
 
     A type sglang runtime's `command` and default `health` are derived from its model, port and
-    GPUs (inferegator/sglang_launch.py), so every loaded RuntimeConfig has a command to show.
+    GPUs (config/launch.py, the one derivation the supervisor launches with too), so every
+    loaded RuntimeConfig has a command to show.
     """
 
     def values(self, value, where):
@@ -147,11 +149,9 @@ class RuntimeSection(Section):
         if values is INVALID or len(where.problems) > found:
             return INVALID
         if kind == "sglang":
-            from ..sglang_launch import health_url, sglang_command
-
             runtime = self.cls(**values)
-            values["command"] = tuple(sglang_command(runtime)[0])
-            values["health"] = health_url(runtime)
+            values["command"] = tuple(launch_spec(runtime)[0])
+            values["health"] = runtime_health(runtime)
         return values
 
     @staticmethod
@@ -183,8 +183,6 @@ class RuntimeSection(Section):
     @staticmethod
     def _check_sglang(values: dict, value, where) -> None:
         """What only the checked values tell: GPUs, tensor parallelism, extra flags."""
-        from ..sglang_launch import flag_conflict
-
         gpu_ids, tp_size = values["gpu_ids"], values["tp_size"]
         at_gpus = where.field("gpu_ids", key_line(value, "gpu_ids"))
         for i, gpu in enumerate(gpu_ids):
@@ -305,7 +303,9 @@ CONFIG = Section(
     Setting("auth", AUTH, "Client authentication."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),
-    Setting("plugins", Mapping(FreeDict()), "Each plugin's own settings, by plugin name."),
+    Setting("plugins", Mapping(FreeDict()), "Each plugin's own settings, by plugin name, "
+            "checked against the SETTINGS the plugin declares; `enabled: false` under a "
+            "name turns that plugin off (built-ins included, e.g. `auth_api_keys`)."),
     internal=("path",),
 )
 
