@@ -68,7 +68,9 @@ class Pipeline:
             if greq.stream:
                 resp.content_type = "text/event-stream"
                 resp.set_header("Cache-Control", "no-cache")
-                resp.stream = self._relay_stream(greq, model, lease, first, outcome, watch)
+                resp.stream = _Stream(self._relay_stream(greq, model, lease, first, outcome,
+                                                         watch),
+                                      lambda: self._abandoned(outcome, lease, watch))
                 streaming = True  # the stream owns the lease, the watch and the finish now
                 return
             resp.data, outcome.usage = self._read_answer(greq, lease, model, watch)
@@ -282,6 +284,13 @@ class Pipeline:
         outcome.usage = relay.usage
         self._end(outcome, lease, watch)
 
+    def _abandoned(self, outcome, lease, watch) -> None:
+        """The server closed the stream; if it never ran (the client left first), end the
+        request here."""
+        if not outcome.finished:
+            outcome.status = ends.CLIENT_DISCONNECTED
+            self._end(outcome, lease, watch)
+
     def _end(self, outcome, lease, watch) -> None:
         """Every exit of a request comes here: the lease and the watch are given back and
         the request finished, each exactly once however often this is called."""
@@ -305,6 +314,24 @@ class Pipeline:
             self.hook.inferegator_request_finished(gateway=self.gateway, outcome=outcome)
         except Exception:  # a metering plugin's failure must not fail the answer
             log.exception("inferegator_request_finished failed for %s", outcome.request_id)
+
+
+class _Stream:
+    """The SSE body handed to the server: the relay, plus a close() that ends the request
+    even when the relay never started (a generator's finally runs only once started)."""
+
+    __slots__ = ("_relay", "_on_close")
+
+    def __init__(self, relay, on_close):
+        self._relay = relay
+        self._on_close = on_close
+
+    def __iter__(self):
+        return self._relay
+
+    def close(self) -> None:
+        self._relay.close()
+        self._on_close()
 
 
 def _failed(outcome, error: GatewayError) -> None:
