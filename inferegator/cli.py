@@ -1,4 +1,5 @@
-"""The `inferegator` command: one subcommand per job (serve, check-config, users, keys, sim)."""
+"""The `inferegator` command: one subcommand per job (serve, check-config, plugins, users,
+keys, new-plugin, sim)."""
 
 import argparse
 import sys
@@ -6,9 +7,10 @@ import sys
 from . import __version__
 from .commands import accounts as accounts_command
 from .commands import gateway as gateway_command
+from .commands import new_plugin as new_plugin_command
 from .simulator import command as sim_command
 
-SUBCOMMANDS = (gateway_command, accounts_command, sim_command)
+SUBCOMMANDS = (gateway_command, accounts_command, sim_command, new_plugin_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,8 +51,10 @@ def build_plugin_manager(config=None, plugins=(), entry_points: bool = True):
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in plugins:
         name = getattr(plugin, "__name__", None)
-        if name not in disabled:
-            pm.register(plugin, name=name.rsplit(".", 1)[-1] if name else None)
+        name = name.rsplit(".", 1)[-1] if name else None
+        if name not in disabled and not pm.is_registered(plugin) and not (
+                name and pm.get_plugin(name) is not None):  # installed by entry point too
+            pm.register(plugin, name=name)
     pm.check_pending()
     if os.environ.get("INFEREGATOR_TRACE_HOOKS"):
         pm.trace.root.setwriter(log.info)

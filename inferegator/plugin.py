@@ -10,7 +10,7 @@ from . import hookimpl
 from .auth import Principal, authenticate, bearer_token
 from .backends.base import BackendAdapter
 from .body import json_object, read_body, read_json
-from .config.fields import Bool, Enum, Float, Int, ListOf, Section, Setting, String
+from .config.fields import Bool, Enum, Float, Int, ListOf, Mapping, Section, Setting, String
 from .config.plugin_settings import plugin_settings
 from .errors import (
     GatewayError,
@@ -55,7 +55,7 @@ __all__ = [
     "GatewayError", "invalid_request", "invalid_api_key", "permission_denied",
     "not_found", "email_taken", "model_not_allowed", "upstream_failed", "internal_error",
     # settings a plugin declares (SETTINGS = Section(...)) and reads
-    "Section", "Setting", "Bool", "Enum", "Float", "Int", "ListOf", "String",
+    "Section", "Setting", "Bool", "Enum", "Float", "Int", "ListOf", "Mapping", "String",
     "plugin_settings",
     # building blocks: backends, routing, limits, accounts and usage
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",

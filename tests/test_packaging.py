@@ -20,9 +20,10 @@ def test_every_package_directory_is_declared():
     assert found == declared_packages()
 
 
-def test_builtin_plugins_are_entry_points_of_the_inferegator_group():
+def test_every_builtin_plugin_is_registered_by_the_factory_and_none_by_entry_point():
+    from inferegator.factory import DEFAULT_PLUGINS
+
+    on_disk = {p.stem for p in (ROOT / "plugins").glob("*.py") if p.stem != "__init__"}
+    assert on_disk == set(DEFAULT_PLUGINS)
     points = importlib.metadata.entry_points(group="inferegator")
-    modules = {p.value for p in points}
-    on_disk = {f"inferegator_plugins.{p.stem}" for p in (ROOT / "plugins").glob("*.py")
-               if p.stem != "__init__"}
-    assert on_disk <= modules, sys.path
+    assert not [p for p in points if p.value.startswith("inferegator_plugins.")], sys.path
