@@ -86,7 +86,8 @@ def with_plugin_settings(config, pm):
     if not pending:
         return config
     found = []
-    settings = validate_plugin_settings(config.plugins, schemas, found)
+    settings = validate_plugin_settings(config.plugins_source or config.plugins, schemas,
+                                        found)
     if found:
         raise ConfigError([Problem(config.path, line, field, message)
                            for line, field, message in found])

@@ -5,9 +5,10 @@ daemon thread watches them. Health is probed only for reporting: nothing here wa
 to become healthy, so a slow starter (an SGLang runtime loading weights) never holds up the
 gateway; routing learns a backend's health on its own.
 
-A runtime of ``type: sglang`` is launched as ``python -m sglang.launch_server ...`` with the flags
-and ``CUDA_VISIBLE_DEVICES`` that sglang_launch.py derives from its settings, and probed on
-SGLang's ``/health`` unless it names its own health URL.
+What a runtime runs and where it is probed come from config/launch.py, the one derivation the
+schema uses too: a ``type: sglang`` runtime is launched as ``python -m sglang.launch_server ...``
+with the flags and ``CUDA_VISIBLE_DEVICES`` made from its settings, and probed on SGLang's
+``/health`` unless it names its own health URL.
 """
 
 import http.client
@@ -19,8 +20,8 @@ import threading
 import time
 import urllib.request
 
+from .config.launch import launch_spec, runtime_health
 from .config.model import RuntimeConfig
-from .sglang_launch import health_url, sglang_command
 
 LOG = logging.getLogger(__name__)
 
@@ -59,15 +60,6 @@ def probe(url: str, timeout: float) -> bool:
         return False
 
 
-def launch_spec(config: RuntimeConfig) -> tuple[list[str], dict[str, str]]:
-    """The argv a runtime runs and the variables it gets on top of the gateway's environment."""
-    if config.type == "sglang":
-        return sglang_command(config)
-    if not config.command:
-        raise ValueError(f"runtime {config.name} has no command")
-    return list(config.command), {key: str(value) for key, value in config.env.items()}
-
-
 def _signal_group(pgid: int, sig: int) -> bool:
     """Send ``sig`` to a process group; False when the group no longer exists."""
     try:
@@ -82,8 +74,7 @@ class _Runtime:
 
     def __init__(self, config: RuntimeConfig):
         self.config = config
-        # A type sglang runtime always has one: SGLang's /health on its host and port.
-        self.health = health_url(config) if config.type == "sglang" else config.health
+        self.health = runtime_health(config)  # type sglang: always one, SGLang's /health
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restarts = 0

@@ -1,2 +1,3 @@
-"""Inferegator's built-in plugins, installed as ``inferegator_plugins`` and registered through
-the same ``inferegator`` entry-point group as third-party plugins."""
+"""Inferegator's built-in plugins, installed as ``inferegator_plugins``: registered by name
+by inferegator.factory (DEFAULT_PLUGINS) before any third-party plugin, and held to the
+same rule as those: they import only ``inferegator.plugin``."""

@@ -66,7 +66,8 @@ def parse_config(text: str, path: str = "<config>", environ=None,
     if found:
         problems = [Problem(path, line, field, message) for line, field, message in found]
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
-    return Config(path=path, **values)
+    source = data.get("plugins") if isinstance(data.get("plugins"), dict) else {}
+    return Config(path=path, plugins_source=source, **values)
 
 
 # ---------------------------------------------------------------- YAML with lines

@@ -64,7 +64,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     name: str
-    command: tuple[str, ...] | None = None  # type sglang: derived (sglang_launch) when loaded
+    command: tuple[str, ...] | None = None  # type sglang: derived (config/launch.py) when loaded
     health: str | None = None  # type sglang: http://host:port/health when loaded
     restart: bool = True
     env: dict = field(default_factory=dict)
@@ -135,3 +135,6 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings
+    # The `plugins:` mapping as read, with its YAML lines: a plugin's settings are checked
+    # against its schema once the plugins are known (inferegator.factory).
+    plugins_source: dict = field(default_factory=dict, repr=False, compare=False)

@@ -306,7 +306,7 @@ CONFIG = Section(
     Setting("plugins", Mapping(FreeDict()), "Each plugin's own settings, by plugin name, "
             "checked against the SETTINGS the plugin declares; `enabled: false` under a "
             "name turns that plugin off (built-ins included, e.g. `auth_api_keys`)."),
-    internal=("path",),
+    internal=("path", "plugins_source"),
 )
 
 

@@ -1,20 +1,24 @@
-"""The command line of a ``type: sglang`` runtime: ``python -m sglang.launch_server ...``.
+"""How a ``runtimes:`` entry is launched: its argv, its extra environment and its health URL.
 
-A ``runtimes:`` entry of type sglang names the model, the port and the GPUs; this module turns
-it into SGLang's launch_server flags (``--model-path``, ``--host``, ``--port``, ``--tp-size``,
-``--served-model-name``, ``--context-length``, ``--mem-fraction-static``) followed by the
-entry's ``extra_args``, and ``gpu_ids`` into ``CUDA_VISIBLE_DEVICES``. SGLang itself is the
-optional extra ``inferegator[sglang]``; ``launcher_module: inferegator.simulator.launch_server``
-runs the same entry on the simulator instead, on a machine without a GPU.
+The one place a runtime's command line is derived. ``type: command`` runs ``command`` as
+written. ``type: sglang`` names the model, the port and the GPUs and becomes
+``python -m sglang.launch_server`` with SGLang's flags (``--model-path``, ``--host``,
+``--port``, ``--tp-size``, ``--served-model-name``, ``--context-length``,
+``--mem-fraction-static``) followed by the entry's ``extra_args``; ``gpu_ids`` becomes
+``CUDA_VISIBLE_DEVICES``. SGLang itself is the optional extra ``inferegator[sglang]``;
+``launcher_module: inferegator.simulator.launch_server`` runs the same entry on the
+simulator, on a machine without a GPU.
 
-Nothing here imports the config package, so the schema can import this module.
+Three readers, one derivation: the schema checks an entry's ``extra_args`` against the
+derived flags and stores the derived command and health URL in the loaded RuntimeConfig
+(what ``check-config`` prints); the supervisor (inferegator.runtimes) launches and probes
+with it. It belongs to the configuration layer and imports only the config's model, so the
+schema needs nothing above it.
 """
 
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config.model import RuntimeConfig
+from .model import RuntimeConfig
 
 DEFAULT_LAUNCHER = "sglang.launch_server"
 
@@ -35,6 +39,22 @@ FLAG_ALIASES = {"--model": "model_path", "--tensor-parallel-size": "tp_size"}
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
+def launch_spec(runtime: RuntimeConfig) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` for any runtime: ``env`` is what the process gets on top of the
+    gateway's environment."""
+    if runtime.type == "sglang":
+        return sglang_command(runtime)
+    if not runtime.command:
+        raise ValueError(f"runtime {runtime.name} has no command")
+    return list(runtime.command), {key: str(value) for key, value in runtime.env.items()}
+
+
+def runtime_health(runtime: RuntimeConfig) -> str | None:
+    """The URL that answers 200 once the runtime is ready: its own ``health``, or for type
+    sglang SGLang's ``/health`` on its host and port; None when there is none."""
+    return health_url(runtime) if runtime.type == "sglang" else runtime.health
+
+
 def connect_host(host: str) -> str:
     """The host to reach a server bound to ``host``: loopback for a wildcard address."""
     if host in _ANY_ADDRESS:
@@ -44,14 +64,14 @@ def connect_host(host: str) -> str:
     return host
 
 
-def health_url(runtime: "RuntimeConfig") -> str:
-    """The runtime's health URL: its own, else SGLang's ``/health`` on its host and port."""
+def health_url(runtime: RuntimeConfig) -> str:
+    """A type sglang runtime's health URL: its own, else ``/health`` on its host and port."""
     if runtime.health:
         return runtime.health
     return f"http://{connect_host(runtime.host)}:{runtime.port}/health"
 
 
-def tp_size(runtime: "RuntimeConfig") -> int:
+def tp_size(runtime: RuntimeConfig) -> int:
     """``tp_size`` when given, else one rank per GPU in ``gpu_ids``, else 1."""
     return runtime.tp_size or len(runtime.gpu_ids) or 1
 
@@ -62,12 +82,9 @@ def flag_conflict(arg: str) -> str | None:
     return DERIVED_FLAGS.get(name) or FLAG_ALIASES.get(name)
 
 
-def sglang_command(runtime: "RuntimeConfig") -> tuple[list[str], dict[str, str]]:
-    """``(argv, env)`` for a type sglang runtime.
-
-    ``env`` is what the process gets on top of the gateway's environment: the runtime's own
-    ``env`` and, when ``gpu_ids`` is set, ``CUDA_VISIBLE_DEVICES``.
-    """
+def sglang_command(runtime: RuntimeConfig) -> tuple[list[str], dict[str, str]]:
+    """``(argv, env)`` for a type sglang runtime: its own ``env`` and, when ``gpu_ids`` is
+    set, ``CUDA_VISIBLE_DEVICES``."""
     if not runtime.model_path or runtime.port is None:
         raise ValueError(f"runtime {runtime.name}: type sglang needs model_path and port")
     argv = [runtime.python or sys.executable, "-m", runtime.launcher_module or DEFAULT_LAUNCHER,
