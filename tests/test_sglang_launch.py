@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from inferegator.config import ConfigError, RuntimeConfig, parse_config
-from inferegator.runtimes import launch_spec
 from inferegator.config.launch import DERIVED_FLAGS, FLAG_ALIASES, health_url, sglang_command
+from inferegator.runtimes import launch_spec
 from inferegator.simulator import launch_server
 from tests.gateway_fixtures import MODEL, gateway_yaml, sdk
 from tests.support.processes import free_port, wait_until
