@@ -36,7 +36,7 @@ import requests
 from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision
 from tests.support.hostile_backend import HostileBackend
-from tests.support.processes import wait_until
+from tests.support.processes import wait_until, worker_pids
 
 MESSAGES = [{"role": "user", "content": "Please answer properly."}]
 NEW_LIMITS = ", max_response_bytes: 1048576, max_event_bytes: 65536, total_timeout_s: 2"
@@ -97,20 +97,6 @@ def hostile():
 
 
 # -- the gateway worker's memory ----------------------------------------------------------
-
-def worker_pids(master_pid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == master_pid and fields[0] != "Z":
-                    pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
-
 
 def rss_mb(pid: int) -> float:
     try:

@@ -14,7 +14,7 @@ import requests
 
 from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml, sdk
-from tests.support.processes import wait_until
+from tests.support.processes import wait_until, worker_pids
 from tests.support.rawhttp import post_many
 
 MESSAGES = [{"role": "user", "content": "Meter this request, please."}]
@@ -183,16 +183,7 @@ def test_revocation_holds_across_two_workers_within_the_bound(start_sim, start_g
 
 
 def _worker_pids(master_pid):
-    children = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == master_pid and fields[0] != "Z":
-                    children.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
+    children = worker_pids(master_pid)
     return children if len(children) >= 2 else None
 
 

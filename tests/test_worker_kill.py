@@ -19,26 +19,12 @@ import requests
 
 from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml
-from tests.support.processes import wait_until
+from tests.support.processes import wait_until, worker_pids
 
 CLIENTS = 8
 KILL_AFTER_S = 1.5
 RUN_S = 4.0
 MESSAGES = [{"role": "user", "content": "Count me, even if my worker dies."}]
-
-
-def children(master_pid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == master_pid and fields[0] != "Z":
-                    pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
 
 
 def ask(session, gateway, rid: str, stream: bool) -> str:
@@ -67,7 +53,7 @@ def test_sigkilled_worker_loses_no_row_of_an_answered_request(start_sim, start_g
     storage = f"sqlite:///{tmp_path}/kill.db"
     sim = start_sim("--instant")
     gateway = start_gateway(gateway_yaml([sim]), "--workers", "1", storage=storage)
-    (victim,) = wait_until(lambda: children(gateway.proc.pid), timeout=5)
+    (victim,) = wait_until(lambda: worker_pids(gateway.proc.pid), timeout=5)
     answered, errors, stop = [], [], threading.Event()
     killed_at = []  # len(answered) when the worker was killed
 
@@ -96,7 +82,7 @@ def test_sigkilled_worker_loses_no_row_of_an_answered_request(start_sim, start_g
         os.kill(victim, signal.SIGKILL)
         killed_at.append(len(answered))
         # gunicorn replaces it; the clients keep going until it has answered some too.
-        wait_until(lambda: [p for p in children(gateway.proc.pid) if p != victim],
+        wait_until(lambda: [p for p in worker_pids(gateway.proc.pid) if p != victim],
                    timeout=15)
         wait_until(lambda: time.monotonic() - started >= RUN_S
                    and len(answered) >= killed_at[0] + 20, timeout=30)

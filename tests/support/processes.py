@@ -88,6 +88,21 @@ class Simulator(ServerProcess):
         raise KeyError(name)
 
 
+def worker_pids(master_pid: int) -> list[int]:
+    """The live child processes of a gunicorn master (its workers), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == master_pid and fields[0] != "Z":
+                    pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.01):
     """Poll predicate() until it returns a truthy value; return it, or raise on timeout."""
     deadline = time.monotonic() + timeout
