@@ -28,7 +28,7 @@ def start_sim():
         server.stop()
 
 
-from tests.gateway_fixtures import start_gateway  # noqa: E402,F401  (a fixture)
+from tests.gateway_fixtures import instant_gateway, start_gateway  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

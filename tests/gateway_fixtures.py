@@ -79,3 +79,15 @@ def start_gateway(tmp_path):
 def sdk(gateway, key=None, **kwargs):
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key or gateway.key,
                          max_retries=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def instant_gateway(tmp_path_factory):
+    """One gateway for a module, in front of its own instant simulator."""
+    from tests.support.processes import Simulator
+
+    sim = Simulator("--instant")
+    server = launch_gateway(tmp_path_factory.mktemp("gw"), gateway_yaml([sim]))
+    yield server
+    server.stop()
+    sim.stop()

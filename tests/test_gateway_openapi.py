@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway
+from tests.gateway_fixtures import MODEL
 
 SPEC = pathlib.Path(__file__).resolve().parents[2] / "shared" / "spec" / "openai-openapi.yaml"
 MESSAGES = [{"role": "user", "content": "Validate me."}]
@@ -49,14 +49,8 @@ def assert_valid(validator, instance):
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    from tests.support.processes import Simulator
-
-    sim = Simulator("--instant")
-    server = launch_gateway(tmp_path_factory.mktemp("gw"), gateway_yaml([sim]))
-    yield server
-    server.stop()
-    sim.stop()
+def gateway(instant_gateway):
+    return instant_gateway
 
 
 def call(gateway, method, path, **kw):

@@ -14,7 +14,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway
+from tests.gateway_fixtures import MODEL, gateway_yaml
 from tests.support.processes import wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -225,14 +225,8 @@ def test_keep_alive_connection_may_idle_but_not_trickle(start_sim, start_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory):
-    from tests.support.processes import Simulator
-
-    sim = Simulator("--instant")
-    server = launch_gateway(tmp_path_factory.mktemp("gw"), gateway_yaml([sim]))
-    yield server
-    server.stop()
-    sim.stop()
+def gateway(instant_gateway):
+    return instant_gateway
 
 
 def test_header_line_too_large_is_answered_431_json(gateway):

@@ -50,6 +50,10 @@ class Pipeline:
         self.resilience = gateway.config.resilience
         self.retry_budget = RetryBudget(self.resilience.retry_budget_ratio,
                                         self.resilience.retry_budget_min_per_s)
+        # Plugins are all registered before the app is built: with no after-upstream
+        # implementation, requests skip the hook call (and the JSON answer its callback).
+        self.after_upstream = (self.hook.inferegator_after_upstream
+                               if self.hook.inferegator_after_upstream.get_hookimpls() else None)
 
     def handle(self, endpoint: str, req, resp) -> None:
         greq = req.context.gateway_request = GatewayRequest(endpoint, req, request_id(req))
@@ -191,9 +195,9 @@ class Pipeline:
         finally:
             watch.waiting = False
         lease.succeeded()
-        if first is not None:
-            self.hook.inferegator_after_upstream(gateway=self.gateway, request=greq,
-                                                 backend=backend, answer=None)
+        if first is not None and self.after_upstream is not None:
+            self.after_upstream(gateway=self.gateway, request=greq, backend=backend,
+                                answer=None)
         return True, first, None
 
     def _read_answer(self, greq, lease, model, watch):
@@ -213,9 +217,10 @@ class Pipeline:
                     raise UpstreamFault(upstream_too_large("an answer", limit))
                 parts.append(data)
             watch.waiting = False
-            return rewrite_json(b"".join(parts), model.id, lambda answer: (
-                self.hook.inferegator_after_upstream(gateway=self.gateway, request=greq,
-                                                     backend=backend, answer=answer)))
+            after = self.after_upstream
+            return rewrite_json(b"".join(parts), model.id, None if after is None else (
+                lambda answer: after(gateway=self.gateway, request=greq, backend=backend,
+                                     answer=answer)))
         except UpstreamFault as fault:
             lease.failed()
             raise fault.error from None
