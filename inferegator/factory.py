@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "rate_limits", "auth_api_keys", "usage_ledger", "accounts_api", "admin_backends",
     "backend_sglang", "backend_openai", "routing_round_robin", "routing_weighted",
     "routing_least_load", "routing_power_of_two", "routing_cache_aware", "routing_sticky",
+    "console",
 )
 log = logging.getLogger("inferegator.plugins")
 
@@ -40,6 +41,8 @@ def build_plugin_manager(config=None, plugins=(), entry_points: bool = True):
     (modules or objects, registered under their ``__name__`` when they have one)."""
     configured = config.plugins if config is not None else {}
     disabled = {name for name, raw in configured.items() if not plugin_enabled(raw)}
+    if config is not None and not config.console.enabled:
+        disabled.add("console")
     pm = pluggy.PluginManager("inferegator")
     pm.add_hookspecs(hookspecs)
     for name in disabled:

@@ -38,7 +38,7 @@ from .ratelimit.stores import open_window_store
 from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load
 from .routing_ring import RingPolicy
 from .store import api_validation as validate
-from .store.accounts import LIMIT_FIELDS, DuplicateEmail, NotFound
+from .store.accounts import LIMIT_FIELDS, ClaimRefused, DuplicateEmail, NotFound
 from .store.ledger import month_spend, usage_summary
 from .store.secrets import looks_like_key
 from .ttl_cache import TTLCache
@@ -60,5 +60,5 @@ __all__ = [
     # building blocks: backends, routing, limits, accounts and usage
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
-    "DuplicateEmail", "NotFound", "usage_summary", "month_spend", "TTLCache",
+    "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
 ]

@@ -100,6 +100,15 @@ def is_test(path: pathlib.Path) -> bool:
     return path.name.startswith("test_") or path.name == "conftest.py"
 
 
+def own_package(where: pathlib.Path) -> str:
+    """The package a plugin made of several modules may import from itself:
+    ``plugins/console/web.py`` -> ``inferegator_plugins.console``."""
+    parts = where.parts
+    if parts[0] == "plugins" and len(parts) > 2:
+        return f"inferegator_plugins.{parts[1]}"
+    return "-"
+
+
 def plugin_violations(root: pathlib.Path) -> list[str]:
     """Imports of the core other than inferegator.plugin (and inferegator.testing in a
     test), and of another built-in plugin."""
@@ -111,7 +120,8 @@ def plugin_violations(root: pathlib.Path) -> list[str]:
             for line, name in sorted(imported_names(path, root)):
                 if within(name, "inferegator") and not any(within(name, a) for a in allowed):
                     found.append(f"{where}:{line}: imports {name}; use {PUBLIC}")
-                elif within(name, "inferegator_plugins"):
+                elif within(name, "inferegator_plugins") and not within(name, own_package(
+                        where)):
                     found.append(f"{where}:{line}: imports the built-in plugin {name}")
     return found
 

@@ -90,6 +90,24 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The web console (plugins/console)."""
+
+    enabled: bool = True
+    prefix: str = "/console"
+    registration: str = "open"  # open | invite | closed
+    base_url: str = ""  # "": from each request (and trusted proxies' X-Forwarded-*)
+    session_ttl_h: float = 24.0
+    secure_cookies: str = "auto"  # auto: when the request came over TLS | always | never
+    trusted_proxies: tuple[str, ...] = ()
+    signin_failures_per_account: int = 5
+    signin_failures_per_address: int = 20
+    signin_window_s: float = 900.0
+    invite_ttl_days: float = 7.0
+    support_contact: str = ""
+
+
+@dataclass(frozen=True)
 class ModelLimits:
     """Per-key limits on one model, on top of the key's own."""
 
@@ -133,6 +151,7 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings
     # The `plugins:` mapping as read, with its YAML lines: a plugin's settings are checked

@@ -32,6 +32,7 @@ from .model import (
     AuthConfig,
     BackendConfig,
     Config,
+    ConsoleConfig,
     ModelConfig,
     ModelLimits,
     Pricing,
@@ -249,6 +250,55 @@ AUTH = Section(
             "Email of the admin created, with a printed key, when the store has no user."),
 )
 
+class UrlPrefix(String):
+    """A URL path prefix of the gateway's own pages, clear of the API's paths."""
+
+    RESERVED = ("/v1", "/health", "/ready", "/metrics")
+
+    def __init__(self):
+        super().__init__()
+        self.name = "URL path such as /console"
+
+    def check(self, value, where):
+        value = super().check(value, where)
+        if value is INVALID:
+            return value
+        path = value.rstrip("/")
+        if not path.startswith("/") or not path[1:] or "//" in path or any(
+                c in path for c in "?#{} "):
+            return where.fail(f"must be a path such as /console, got {shown(value)}")
+        if any(path == r or path.startswith(r + "/") for r in self.RESERVED):
+            return where.fail(f"{shown(value)} collides with the API's own paths "
+                              f"({', '.join(self.RESERVED)})")
+        return path
+
+
+CONSOLE = Section(
+    ConsoleConfig,
+    Setting("enabled", Bool(), "Serve the web console (sign up, API keys, usage, models, "
+            "playground, admin); `false` removes it."),
+    Setting("prefix", UrlPrefix(), "Where the console is mounted; not under /v1."),
+    Setting("registration", Enum("open", "invite", "closed"), "Who may sign up: anyone "
+            "(`open`), holders of an admin's invitation code (`invite`), or nobody (`closed`: "
+            "admins create users)."),
+    Setting("base_url", String(), "The API's public base URL shown in snippets and docs, "
+            "e.g. `https://api.example.com/v1`; empty: from each request."),
+    Setting("session_ttl_h", Float(above=0), "Hours a console sign-in lasts."),
+    Setting("secure_cookies", Enum("auto", "always", "never"), "Mark the session cookie "
+            "Secure: `auto` when the request came over TLS (or a trusted proxy says so)."),
+    Setting("trusted_proxies", ListOf(String()), "Addresses of reverse proxies whose "
+            "X-Forwarded-For/-Proto/-Host are believed (client address for sign-in "
+            "throttling, TLS for cookies, host for the base URL)."),
+    Setting("signin_failures_per_account", Int(min=1), "Failed sign-ins per email within "
+            "the window before that email is refused for a while."),
+    Setting("signin_failures_per_address", Int(min=1), "Failed sign-ins per client address "
+            "within the window before that address is refused for a while."),
+    Setting("signin_window_s", Float(above=0), "The window sign-in failures count over."),
+    Setting("invite_ttl_days", Float(above=0), "Days an invitation code stays usable."),
+    Setting("support_contact", String(), "Where users ask for higher limits (an email or "
+            "URL), shown on the API Keys page."),
+)
+
 MODEL_LIMITS = Section(
     ModelLimits,
     Setting("requests_per_minute", Int(min=1), "Requests per key per window on this model."),
@@ -301,6 +351,7 @@ CONFIG = Section(
     Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
     Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),
+    Setting("console", CONSOLE, "The web console for users and admins."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),
     Setting("plugins", Mapping(FreeDict()), "Each plugin's own settings, by plugin name, "

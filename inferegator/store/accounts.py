@@ -5,7 +5,14 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .secrets import display_prefix, hash_password, key_hash, new_api_key
+from .secrets import (
+    DUMMY_PASSWORD_HASH,
+    display_prefix,
+    hash_password,
+    key_hash,
+    new_api_key,
+    verify_password,
+)
 
 ROLES = ("user", "admin")
 
@@ -16,6 +23,10 @@ class DuplicateEmail(Exception):
 
 class NotFound(Exception):
     """No such user or key (or not yours)."""
+
+
+class ClaimRefused(Exception):
+    """A new user's claim (an invitation, say) was refused: the user was not created."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,9 @@ class Accounts:
 
     # -- users ----------------------------------------------------------------------------
 
-    def create_user(self, email: str, password: str, role: str = "user") -> dict:
+    def create_user(self, email: str, password: str, role: str = "user", claim=None) -> dict:
+        """A new user. ``claim(cur, user_id)``, if given, runs in the same transaction and
+        returns False to refuse (ClaimRefused): an invitation spent with the account."""
         email = email.strip().lower()
         row = {"id": "user_" + uuid.uuid4().hex[:16], "email": email,
                "password_hash": hash_password(password), "role": role,
@@ -81,7 +94,9 @@ class Accounts:
                     raise DuplicateEmail(email)
                 cur.execute("INSERT INTO users (id, email, password_hash, role, created, "
                             "disabled) VALUES (?, ?, ?, ?, ?, ?)", tuple(row.values()))
-        except DuplicateEmail:
+                if claim is not None and not claim(cur, row["id"]):
+                    raise ClaimRefused(email)
+        except (DuplicateEmail, ClaimRefused):
             raise
         except Exception as exc:  # two creations racing: the UNIQUE constraint decides
             if self.db.is_unique_violation(exc):
@@ -103,6 +118,20 @@ class Accounts:
     def user_password_hash(self, email: str) -> tuple[dict | None, str | None]:
         rows = self.db.query("SELECT * FROM users WHERE email = ?", (email.strip().lower(),))
         return (_public_user(rows[0]), rows[0]["password_hash"]) if rows else (None, None)
+
+    def check_password(self, email: str, password: str) -> dict | None:
+        """The user whose email and password these are, or None; an unknown email costs
+        the same KDF work as a wrong password, so timing does not tell them apart."""
+        user, stored = self.user_password_hash(email)
+        ok = verify_password(password, stored or DUMMY_PASSWORD_HASH)
+        return user if ok and user is not None else None
+
+    def set_user_role(self, user_id: str, role: str) -> dict:
+        if role not in ROLES:
+            raise ValueError(role)
+        user_id = self.get_user(user_id)["id"]
+        self.db.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
+        return self.get_user(user_id)
 
     def set_user_disabled(self, user_id: str, disabled: bool) -> dict:
         user_id = self.get_user(user_id)["id"]

@@ -55,6 +55,27 @@ MIGRATIONS = [
         "ALTER TABLE usage_ledger ADD COLUMN entry_id TEXT",
         "CREATE UNIQUE INDEX usage_ledger_entry ON usage_ledger (entry_id)",
     ]),
+    (4, "the web console: sessions, sign-in failures and invitations", [
+        """CREATE TABLE console_sessions (
+            token_hash TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            csrf_token TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX console_sessions_user ON console_sessions (user_id)",
+        """CREATE TABLE signin_failures (
+            subject TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX signin_failures_subject ON signin_failures (subject, at)",
+        """CREATE TABLE invites (
+            code_hash TEXT PRIMARY KEY,
+            prefix TEXT NOT NULL,
+            created_by TEXT NOT NULL REFERENCES users(id),
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION NOT NULL,
+            used_by TEXT REFERENCES users(id),
+            used_at DOUBLE PRECISION)""",
+    ]),
 ]
 
 _SERIAL = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}

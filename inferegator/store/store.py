@@ -2,9 +2,12 @@
 
 from .accounts import Accounts
 from .database import Database
+from .invites import Invites
 from .journal import journal_dir
 from .ledger import UsageLedger
 from .migrations import migrate
+from .sessions import Sessions
+from .signin import SigninThrottle
 
 
 class Store:
@@ -15,6 +18,9 @@ class Store:
         self.db = Database(url, pool_size=pool_size)
         migrate(self.db)
         self.accounts = Accounts(self.db)
+        self.sessions = Sessions(self.db)  # the web console's sign-ins
+        self.signin_throttle = SigninThrottle(self.db)
+        self.invites = Invites(self.db)
         self.ledger = UsageLedger(self.db, self.accounts, ledger_flush_interval_s,
                                   journal_dir(url, ledger_journal))
 
