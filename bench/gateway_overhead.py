@@ -67,7 +67,9 @@ KEY = ""  # provisioned in the gateway's store by main() before the gateway star
 PUBLIC_MODEL = "acme/sim-chat"
 SIM_MODEL = "sim-model"
 PROMPT = "Summarise in one sentence why a prefix cache helps a chat service."
-TARGETS = ("direct", "inferegator", "sglang-router")
+# inferegator-noconsole: the same gateway with `console: {enabled: false}`, to show that
+# the web console costs the API nothing.
+TARGETS = ("direct", "inferegator", "inferegator-noconsole", "sglang-router")
 MODES = ("json", "stream")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STALL_MS = 30.0  # at concurrency 1 nothing here should take this long; 40 ms = Nagle stall
@@ -99,8 +101,10 @@ def provision_key(storage: str) -> str:
         store.db.close()
 
 
-def gateway_yaml(sim_url: str, storage: str, ratelimit_store: str = "memory") -> str:
+def gateway_yaml(sim_url: str, storage: str, ratelimit_store: str = "memory",
+                 console: bool = True) -> str:
     return "\n".join([
+        f"console: {{enabled: {'true' if console else 'false'}}}",
         "server:",
         "  workers: 1",
         f"storage: '{storage}'",
@@ -454,14 +458,16 @@ def main() -> int:
         servers.append(("simulator", sim))
         urls = {"direct": (sim.url, SIM_MODEL)}
         meters = {"direct": CpuMeter(sim.proc.pid)}
-        if "inferegator" in targets:
-            global KEY
-            storage = f"sqlite:///{config_dir}/bench.db"
-            KEY = provision_key(storage)
-            gw = GatewayServer(config_dir, gateway_yaml(sim.url, storage), "--workers", "1")
-            servers.append(("inferegator", gw))
-            urls["inferegator"] = (gw.url, PUBLIC_MODEL)
-            meters["inferegator"] = CpuMeter(gw.proc.pid)
+        storage = f"sqlite:///{config_dir}/bench.db"
+        for target, console in (("inferegator", True), ("inferegator-noconsole", False)):
+            if target in targets:
+                global KEY
+                KEY = KEY or provision_key(storage)
+                gw = GatewayServer(config_dir, gateway_yaml(sim.url, storage, console=console),
+                                   "--workers", "1")
+                servers.append((target, gw))
+                urls[target] = (gw.url, PUBLIC_MODEL)
+                meters[target] = CpuMeter(gw.proc.pid)
         if "sglang-router" in targets:
             router, router_url = start_router(sim.url, router_python(args.router_python))
             servers.append(("sglang-router", router))

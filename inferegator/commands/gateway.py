@@ -75,8 +75,12 @@ def banner(config, bind: str, key=None) -> str:
     url = f"http://{host or '127.0.0.1'}:{port}"
     model = config.models[0].id
     key = key or "sk-inf-YOUR_KEY  (create one: inferegator keys create --user EMAIL)"
+    console = (f"  Console: {url}{config.console.prefix}  (sign up, API keys, usage, "
+               f"playground; admins sign in with the email and password above)\n"
+               if config.console.enabled else "")
     return (f"Inferegator gateway on {url}/v1  (models: "
             f"{', '.join(m.id for m in config.models)})\n"
+            f"{console}"
             f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
@@ -116,7 +120,9 @@ def run_serve(args) -> int:
     if first is not None:
         user, password, key = first
         print(f"Created the first admin, {user['email']}; shown once, keep them safe:\n"
-              f"  password: {password}\n  API key:  {key}", flush=True)
+              f"  email:    {user['email']}\n"
+              f"  password: {password}  (signs in to the console)\n  API key:  {key}",
+              flush=True)
         state["key"] = key
 
     def app_factory():
