@@ -160,6 +160,16 @@ class Accounts:
                         f"({', '.join('?' * len(row))})", tuple(row.values()))
         return secret, _public_key(row)
 
+    def carried_limits(self, user_id: str) -> dict:
+        """Per-minute limits a user's new key starts with: the tightest an admin set on
+        the user's active keys (absent: the configured defaults), so that a user held
+        below the defaults cannot mint a key above them."""
+        rows = self.db.query("SELECT MIN(requests_per_minute) AS rpm, MIN(tokens_per_minute) "
+                             "AS tpm FROM api_keys WHERE user_id = ? AND revoked IS NULL",
+                             (user_id,))
+        limits = {"requests_per_minute": rows[0]["rpm"], "tokens_per_minute": rows[0]["tpm"]}
+        return {name: value for name, value in limits.items() if value is not None}
+
     def list_keys(self, user_id: str | None = None) -> list[dict]:
         where, params = ("WHERE user_id = ?", (user_id,)) if user_id else ("", ())
         return [_public_key(r) for r in self.db.query(

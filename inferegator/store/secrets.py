@@ -5,9 +5,11 @@ stored, with a short display prefix. Passwords are hashed with scrypt, a slow KD
 """
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
+import sys
 
 KEY_PREFIX = "sk-inf-"
 _SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
@@ -30,9 +32,19 @@ def looks_like_key(token: str) -> bool:
     return token.startswith(KEY_PREFIX) and 20 <= len(token) <= 128
 
 
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """scrypt, run in gevent's thread pool inside a gevent worker (hashlib releases the GIL
+    while it works), so that a sign-in does not stall the API requests of its worker."""
+    work = functools.partial(hashlib.scrypt, password.encode(), salt=salt, dklen=32, n=n,
+                             r=r, p=p)
+    if "gevent" in sys.modules and sys.modules["gevent"].monkey.is_module_patched("threading"):
+        return sys.modules["gevent"].get_hub().threadpool.apply(work)
+    return work()
+
+
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    digest = _scrypt(password, salt, **_SCRYPT)
     return "scrypt${n}${r}${p}$".format(**_SCRYPT) + \
         f"{salt.hex()}${digest.hex()}"
 
@@ -40,8 +52,7 @@ def hash_password(password: str) -> str:
 def verify_password(password: str, stored: str) -> bool:
     try:
         _, n, r, p, salt, digest = stored.split("$")
-        computed = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), dklen=32,
-                                  n=int(n), r=int(r), p=int(p))
+        computed = _scrypt(password, bytes.fromhex(salt), int(n), int(r), int(p))
     except ValueError:
         return False
     return hmac.compare_digest(computed.hex(), digest)
