@@ -37,7 +37,8 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     while it works), so that a sign-in does not stall the API requests of its worker."""
     work = functools.partial(hashlib.scrypt, password.encode(), salt=salt, dklen=32, n=n,
                              r=r, p=p)
-    if "gevent" in sys.modules and sys.modules["gevent"].monkey.is_module_patched("threading"):
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
         return sys.modules["gevent"].get_hub().threadpool.apply(work)
     return work()
 
