@@ -197,20 +197,24 @@ class UsageLedger:
 
 def usage_summary(db, user_id: str | None, group_by: str, start_day: str | None = None,
                   end_day: str | None = None, key_id: str | None = None) -> list[dict]:
-    """Requests, tokens and cost grouped by day, model or key."""
-    column = GROUPS[group_by]
+    """Requests, tokens and cost grouped by day, model or key (or several: "day,model,key",
+    one row per combination)."""
+    names = group_by.split(",")
+    columns = [GROUPS[name] for name in names]
     where, params = [], []
     for clause, value in (("user_id = ?", user_id), ("day >= ?", start_day),
                           ("day <= ?", end_day), ("key_id = ?", key_id)):
         if value is not None:
             where.append(clause)
             params.append(value)
-    sql = (f"SELECT {column} AS grp, COUNT(*) AS requests, SUM(prompt_tokens) AS prompt_tokens,"
+    grouped = ", ".join(columns)
+    sql = (f"SELECT {', '.join(f'{c} AS g{i}' for i, c in enumerate(columns))}, "
+           "COUNT(*) AS requests, SUM(prompt_tokens) AS prompt_tokens,"
            " SUM(completion_tokens) AS completion_tokens, SUM(cached_tokens) AS cached_tokens,"
            " SUM(cost_usd) AS cost_usd FROM usage_ledger"
            + (" WHERE " + " AND ".join(where) if where else "")
-           + f" GROUP BY {column} ORDER BY {column}")
-    return [{group_by: r["grp"], "requests": r["requests"],
+           + f" GROUP BY {grouped} ORDER BY {grouped}")
+    return [{**{name: r[f"g{i}"] for i, name in enumerate(names)}, "requests": r["requests"],
              "prompt_tokens": int(r["prompt_tokens"] or 0),
              "completion_tokens": int(r["completion_tokens"] or 0),
              "cached_tokens": int(r["cached_tokens"] or 0),

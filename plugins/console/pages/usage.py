@@ -69,30 +69,6 @@ def totals(rows: list[dict]) -> dict:
     return summed
 
 
-def detail_rows(db, user_id: str, start: str, end: str):
-    """(day, key id, row by model) for each day, key and model with usage. usage_summary
-    groups by one column: each day is split by key, then each key's day by model; usage
-    with no key is what the day's models have beyond their keyed usage."""
-    for day_row in usage_summary(db, user_id, "day", start, end):
-        day, keyed, unkeyed = day_row["day"], {}, False
-        for key_row in usage_summary(db, user_id, "key", day, day):
-            if key_row["key"] is None:
-                unkeyed = True
-                continue
-            for row in usage_summary(db, user_id, "model", day, day, key_id=key_row["key"]):
-                yield day, key_row["key"], row
-                seen = keyed.setdefault(row["model"], dict.fromkeys(FIELDS, 0))
-                for name in FIELDS:
-                    seen[name] += row[name]
-        if unkeyed:
-            for row in usage_summary(db, user_id, "model", day, day):
-                seen = keyed.get(row["model"], dict.fromkeys(FIELDS, 0))
-                rest = {name: row[name] - seen[name] for name in FIELDS}
-                rest["cost_usd"] = round(rest["cost_usd"], 10) or 0.0
-                if rest["requests"] > 0:
-                    yield day, None, {"model": row["model"], **rest}
-
-
 def safe_cell(value):
     """A cell a spreadsheet will not run as a formula; costs in plain decimals."""
     if isinstance(value, float):
@@ -130,11 +106,11 @@ class UsageCsv(Page):
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         writer.writerow(CSV_HEADER)
-        for day, key_id, row in detail_rows(store.db, user_id, days[0], days[-1]):
-            key = keys.get(key_id, {})
+        for row in usage_summary(store.db, user_id, "day,model,key", days[0], days[-1]):
+            key = keys.get(row["key"], {})
             writer.writerow([safe_cell(v) for v in (
-                day, row["model"], key_id or "", key.get("name", ""), key.get("prefix", ""),
-                *(row[name] for name in FIELDS))])
+                row["day"], row["model"], row["key"] or "", key.get("name", ""),
+                key.get("prefix", ""), *(row[name] for name in FIELDS))])
         ctx.resp.content_type = "text/csv; charset=utf-8"
         ctx.resp.set_header("Content-Disposition",
                             'attachment; filename="inferegator-usage.csv"')
