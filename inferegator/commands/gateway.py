@@ -150,6 +150,8 @@ def run_serve(args) -> int:
         "loglevel": args.log_level,
         "accesslog": "-" if args.access_log else None,
         "proc_name": "inferegator",
+        # X-Forwarded-* is believed only from console.trusted_proxies, by the console.
+        "forwarded_allow_ips": "",
         "on_starting": lambda arbiter: supervisor.start(),
         "when_ready": lambda arbiter: print(banner(config, arbiter.cfg.bind[0], state.get("key")),
                                             flush=True),

@@ -11,7 +11,7 @@ from inferegator.plugin import hookimpl
 
 from .console import Console
 from .pages import account, admin, keys, models, playground, usage
-from .web import Page, not_found_page
+from .web import SECURITY_HEADERS, Page, not_found_page
 
 NAME = "console"
 
@@ -29,7 +29,7 @@ class Static(Page):
         data, content_type = found
         resp.data, resp.content_type = data, content_type
         resp.set_header("Cache-Control", "public, max-age=86400")
-        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.set_headers(SECURITY_HEADERS)
 
     def get(self, ctx):
         raise not_found_page()

@@ -22,6 +22,13 @@ document.addEventListener("DOMContentLoaded", () => {
       setTimeout(() => { button.textContent = label; }, 2000);
     });
   }
+  // "Try it in the Playground" hands the new key to the Playground of this tab only.
+  for (const link of document.querySelectorAll("a[data-key-from]")) {
+    link.addEventListener("click", () => {
+      const source = document.getElementById(link.dataset.keyFrom);
+      if (source) sessionStorage.setItem("inferegator.newKey", source.textContent.trim());
+    });
+  }
   // Forms that ask first: <form data-confirm="Really?">.
   for (const form of document.querySelectorAll("form[data-confirm]")) {
     form.addEventListener("submit", (event) => {
