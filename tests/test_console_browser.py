@@ -224,16 +224,21 @@ def test_the_models_page_lists_what_v1_models_lists(browser, gateway):
 
 
 class Shots:
-    """Screenshots of pages at desktop and phone width, and horizontal overflow on a phone."""
+    """Screenshots of pages at desktop and phone width, horizontal overflow on a phone, and
+    accessibility problems a page's markup shows."""
 
     def __init__(self, browser: Browser):
         self.browser = browser
         self.folder = screenshots_dir()
         self.taken: list[str] = []
         self.overflowing: dict[str, list[str]] = {}
+        self.inaccessible: dict[str, list[str]] = {}
 
     def take(self, name: str) -> None:
         browser = self.browser
+        problems = browser.accessibility_problems()
+        if problems:
+            self.inaccessible[name] = problems
         for path in browser.screenshots(name, self.folder):
             assert path.stat().st_size > 1000, path
         browser.set_size(*PHONE)
@@ -243,7 +248,7 @@ class Shots:
         self.taken.append(name)
 
 
-def test_screenshots_of_every_page_fit_a_phone(browser, gateway):
+def test_screenshots_of_every_page_fit_a_phone_and_label_every_control(browser, gateway):
     shots = Shots(browser)
     console = gateway.console
     for name, path in (("start", ""), ("signup", "/signup"), ("signin", "/signin"),
@@ -302,3 +307,4 @@ def test_screenshots_of_every_page_fit_a_phone(browser, gateway):
         for width, _ in (DESKTOP, PHONE):
             assert (shots.folder / f"{name}-{width}.png").is_file()
     assert not shots.overflowing, f"wider than a 390 px phone: {shots.overflowing}"
+    assert not shots.inaccessible, shots.inaccessible

@@ -117,6 +117,25 @@ class Browser:
         return self.driver.execute_script(
             "return Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
 
+    def accessibility_problems(self) -> list[str]:
+        """What a screen-reader or keyboard user would miss here: form controls with no
+        accessible name, and a page without one h1, a main landmark and a nav landmark."""
+        return self.driver.execute_script("""
+            const problems = [];
+            const named = (el) => (el.labels && el.labels.length) || el.getAttribute('aria-label')
+                || el.getAttribute('aria-labelledby') || (el.tagName === 'BUTTON'
+                && el.textContent.trim()) || ['submit', 'button'].includes(el.type) && el.value;
+            for (const el of document.querySelectorAll('input, select, textarea, button')) {
+              if (el.type === 'hidden') continue;
+              if (!named(el)) problems.push('unlabelled ' + el.outerHTML.slice(0, 80));
+            }
+            if (document.querySelectorAll('h1').length !== 1) problems.push('not one h1');
+            if (!document.querySelector('main')) problems.push('no main landmark');
+            if (!document.querySelector('nav')) problems.push('no nav landmark');
+            if (!document.documentElement.lang) problems.push('no lang');
+            return problems;
+        """)
+
     def overflowing_elements(self, limit: int = 5) -> list[str]:
         """Elements that stick out of the viewport on the right and are not clipped by a
         scrolling box (an absolutely positioned one is clipped only by a box at or above its
