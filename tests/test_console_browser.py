@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
 from inferegator.store.store import Store
-from tests.gateway_fixtures import UNLIMITED, launch_gateway, sdk
+from tests.gateway_fixtures import launch_gateway, sdk
 from tests.support.browser import DESKTOP, PHONE, Browser, screenshots_dir
 from tests.support.console_client import PASSWORD
 from tests.support.processes import Simulator
@@ -28,8 +28,8 @@ _emails = itertools.count()
 
 
 def console_yaml(sim) -> str:
-    lines = ["auth:", "  key_cache_ttl_s: 0", "ratelimit:",
-             *(f"  {k}: {v}" for k, v in UNLIMITED.items()), "models:"]
+    # The product's default limits (60 requests, 100,000 tokens a minute), as users see them.
+    lines = ["auth:", "  key_cache_ttl_s: 0", "models:"]
     for model_id, (prompt, completion, cached) in MODELS.items():
         lines += [f"  - id: {model_id}", "    owned_by: acme",
                   f"    pricing: {{prompt: {prompt}, completion: {completion}, "

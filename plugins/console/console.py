@@ -7,6 +7,7 @@ import time
 from datetime import datetime, timezone
 
 import jinja2
+import markupsafe
 
 from .web import SESSION_COOKIE
 
@@ -16,10 +17,12 @@ STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; char
 
 
 def when(ts) -> str:
-    """A stored timestamp as the pages show it (UTC)."""
+    """A stored timestamp as the pages show it (UTC), in a <time> element."""
     if ts is None:
         return "never"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    moment = datetime.fromtimestamp(ts, timezone.utc)
+    return markupsafe.Markup('<time datetime="{}">{}</time>').format(
+        moment.isoformat(timespec="seconds"), moment.strftime("%Y-%m-%d %H:%M UTC"))
 
 
 def usd(value) -> str:
