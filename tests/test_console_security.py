@@ -575,3 +575,18 @@ def test_console_enabled_false_removes_the_console(start_gateway, sim):
     reply = sdk(gateway).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert reply.usage.completion_tokens > 0
+
+
+def test_a_user_held_below_the_defaults_cannot_mint_a_key_above_them(gateway):
+    user = member(gateway, tag="held")
+    _, first = user.create_key("first")
+    with_store(gateway, lambda s: s.accounts.set_key_limits(
+        first, requests_per_minute=5, tokens_per_minute=700))
+    _, second = user.create_key("second", monthly_budget_usd="3")
+    limits = with_store(gateway, lambda s: s.accounts.get_key(second))["limits"]
+    assert limits["requests_per_minute"] == 5 and limits["tokens_per_minute"] == 700
+    assert limits["monthly_budget_usd"] == 3.0
+    fresh = member(gateway, tag="fresh")
+    _, own = fresh.create_key("own")
+    limits = with_store(gateway, lambda s: s.accounts.get_key(own))["limits"]
+    assert limits["requests_per_minute"] is None and limits["tokens_per_minute"] is None
