@@ -5,6 +5,7 @@ from urllib.parse import quote
 from inferegator.plugin import GatewayError, NotFound, invalid_request
 from inferegator.plugin import validate as check
 
+from ..forms import number
 from ..web import Page, PageError, not_found_page
 
 USER_ACTIONS = ("disable", "enable", "make_admin", "make_user", "sign_out")
@@ -48,23 +49,10 @@ def _limit_form(key: dict) -> dict:
     return form
 
 
-def _parse_number(name: str, text: str, kind) -> int | float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return kind(text)
-    except ValueError:
-        wanted = "a whole number, such as 60" if kind is int else "an amount in US dollars, " \
-                                                                 "such as 25 or 12.50"
-        raise invalid_request(f"Invalid value for '{name}': enter {wanted}, or leave it empty.",
-                              name, "invalid_value") from None
-
-
 def parse_limits(ctx, model_ids) -> dict:
     """The limit fields of a key's edit form, validated; an empty field clears a limit."""
-    limits = {name: _parse_number(name, ctx.value(name), int) for name in INT_LIMITS}
-    limits[BUDGET] = _parse_number(BUDGET, ctx.value(BUDGET), float)
+    limits = {name: number(name, ctx.value(name), int) for name in INT_LIMITS}
+    limits[BUDGET] = number(BUDGET, ctx.value(BUDGET), float)
     limits[MODELS] = ctx.values(MODELS) or None
     return {name: check.limit(name, value, model_ids) for name, value in limits.items()}
 

@@ -1,8 +1,9 @@
 """API Keys: list, create (the secret shown once), revoke after a confirmation."""
 
-from inferegator.plugin import GatewayError, NotFound, invalid_request
+from inferegator.plugin import GatewayError, NotFound
 from inferegator.plugin import validate as check
 
+from ..forms import number
 from ..web import Page, not_found_page
 from .models import contact_href, first_model, snippets
 
@@ -12,15 +13,8 @@ LABELS = {"name": "the name", "allowed_models": "the allowed models",
 
 
 def _budget(text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise invalid_request(f"Invalid value for '{BUDGET}': enter an amount in US dollars, "
-                              "such as 25 or 12.50.", BUDGET, "invalid_value") from None
-    return check.limit(BUDGET, value, ())
+    value = number(BUDGET, text, float)
+    return None if value is None else check.limit(BUDGET, value, ())
 
 
 def form_error(error: GatewayError) -> dict:
