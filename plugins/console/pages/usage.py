@@ -13,7 +13,7 @@ DAYS = 30
 COUNTS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 FIELDS = (*COUNTS, "cost_usd")
 METRICS = {"requests": "requests", "tokens": "tokens (prompt and completion)"}
-WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 720, 220, 56, 8, 12, 28
+WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 720, 230, 56, 8, 12, 38
 CSV_HEADER = ("day", "model", "key_id", "key_name", "key_prefix", *FIELDS)
 RISKY = ("=", "+", "-", "@", "\t", "\r")
 
@@ -55,8 +55,11 @@ def chart(days: list[str], by_day: dict, metric: str) -> dict:
                      "height": round(height, 2)})
     grid = [{"y": round(TOP + plot_h - plot_h * f, 2), "label": f"{int(top * f):,}"}
             for f in (0, 0.5, 1) if f == 0 or top * f == int(top * f)]
-    labels = [{"x": round(LEFT + i * slot + slot / 2, 2), "text": days[i][5:]}
-              for i in (0, len(days) // 2, len(days) - 1)]
+    middle = len(days) // 2
+    labels = [{"x": LEFT, "anchor": "start", "text": days[0][5:]},  # ends stay inside
+              {"x": round(LEFT + middle * slot + slot / 2, 2), "anchor": "middle",
+               "text": days[middle][5:]},
+              {"x": WIDTH - RIGHT, "anchor": "end", "text": days[-1][5:]}]
     busiest = max(bars, key=lambda b: b["value"])
     return {"bars": bars, "grid": grid, "labels": labels, "busiest": busiest,
             "total": sum(values), "width": WIDTH, "height": HEIGHT,
