@@ -204,7 +204,9 @@ def test_a_spent_monthly_budget_is_insufficient_quota(start_sim, start_gateway, 
             client.chat.completions.create(**chat_body())
             return False
         except openai.RateLimitError as exc:
-            return exc.code == "insufficient_quota"
+            # It cannot succeed by retrying: the SDK is told not to (x-should-retry: false).
+            return exc.code == "insufficient_quota" and \
+                exc.response.headers.get("x-should-retry") == "false"
 
     wait_until(refused, timeout=5, interval=0.1)  # ledger flush + spend cache, ~1.2 s
     store = Store(storage)

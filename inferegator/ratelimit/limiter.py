@@ -37,8 +37,10 @@ def rate_limited(kind: str, limit: int, used: int, asked: int, retry_ms: int,
 
 
 def insufficient_quota(budget: float) -> GatewayError:
+    # Never succeeds until the month turns or an admin raises it: the SDK must not retry.
     return GatewayError(429, f"This API key has spent its monthly budget of ${budget:g}.",
-                        "insufficient_quota", "insufficient_quota")
+                        "insufficient_quota", "insufficient_quota",
+                        headers={"x-should-retry": "false"})
 
 
 def limiter_unavailable() -> GatewayError:
