@@ -6,6 +6,15 @@ from .openai_shapes import model_card, model_list
 from .routing import split_roles
 
 
+def may_use(principal, model_id: str) -> bool:
+    """Whether the caller may use the model: a key authenticated by the key store
+    (``principal.attributes["key"]``) is held to its ``allowed_models`` (None: every model);
+    other principals (JWT and other plugins) have no such list and may use every model."""
+    key = principal.attributes.get("key") if principal is not None else None
+    allowed = getattr(key, "allowed_models", None)
+    return allowed is None or model_id in allowed
+
+
 class CatalogModel:
     """One public model id and everything needed to serve it."""
 
@@ -41,11 +50,21 @@ class Catalog:
     def get(self, model_id: str) -> CatalogModel | None:
         return self.models.get(model_id)
 
+    def visible(self, model_id: str, principal=None) -> CatalogModel | None:
+        """The model if it exists and the caller may use it (None for the public catalog:
+        every model); else None, so a forbidden model looks just like an unknown one."""
+        model = self.models.get(model_id)
+        if model is None or (principal is not None and not may_use(principal, model_id)):
+            return None
+        return model
+
     def card(self, model: CatalogModel) -> dict:
         return model_card(model, self.created)
 
-    def listing(self) -> dict:
-        return model_list([self.card(m) for m in self.models.values()])
+    def listing(self, principal=None) -> dict:
+        """GET /v1/models: the models the caller may use (every model when None)."""
+        return model_list([self.card(m) for m in self.models.values()
+                           if principal is None or may_use(principal, m.id)])
 
     def backends(self):
         for model in self.models.values():

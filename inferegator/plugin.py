@@ -10,6 +10,7 @@ from . import hookimpl
 from .auth import Principal, authenticate, bearer_token
 from .backends.base import BackendAdapter
 from .body import json_object, read_body, read_json
+from .catalog import may_use
 from .config.fields import Bool, Enum, Float, Int, ListOf, Mapping, Section, Setting, String
 from .config.plugin_settings import plugin_settings
 from .errors import (
@@ -61,4 +62,5 @@ __all__ = [
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
+    "may_use",
 ]

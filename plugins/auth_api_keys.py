@@ -12,6 +12,7 @@ from inferegator.plugin import (
     bearer_token,
     hookimpl,
     looks_like_key,
+    may_use,
     model_not_allowed,
 )
 
@@ -37,7 +38,5 @@ def inferegator_authenticate(gateway, request):
 
 @hookimpl(trylast=True)
 def inferegator_admit(principal, model):
-    key = principal.attributes.get("key")
-    if key is not None and key.allowed_models is not None and model.id not in key.allowed_models:
-        return model_not_allowed(model.id)
-    return None
+    # One rule for the allow-list, shared with /v1/models (which lists only what is allowed).
+    return None if may_use(principal, model.id) else model_not_allowed(model.id)

@@ -31,18 +31,20 @@ class Generation:
 
 
 class Models:
-    """GET /v1/models and /v1/models/{id}: OpenAI's fields plus pricing, context, capabilities."""
+    """GET /v1/models and /v1/models/{id}: OpenAI's fields plus pricing, context, capabilities,
+    SGLang's max_model_len and root; only the models the caller's key may use (a model it may
+    not use is the same 404 model_not_found as an unknown one)."""
 
     def __init__(self, gateway):
         self.gateway = gateway
 
     def on_get(self, req, resp):
-        authenticate(self.gateway, ClientRequest(req))
-        resp.media = self.gateway.catalog.listing()
+        principal = authenticate(self.gateway, ClientRequest(req))
+        resp.media = self.gateway.catalog.listing(principal)
 
     def on_get_one(self, req, resp, model_id):
-        authenticate(self.gateway, ClientRequest(req))
-        model = self.gateway.catalog.get(model_id)
+        principal = authenticate(self.gateway, ClientRequest(req))
+        model = self.gateway.catalog.visible(model_id, principal)
         if model is None:
             raise model_not_found(model_id)
         resp.media = self.gateway.catalog.card(model)
