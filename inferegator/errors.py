@@ -129,3 +129,21 @@ def upstream_timeout(seconds: float) -> GatewayError:
 def internal_error() -> GatewayError:
     return GatewayError(500, "The server had an error while processing your request.",
                         "server_error", "internal_error")
+
+
+def upstream_unreadable_error(status: int, content: bytes) -> GatewayError:
+    """A backend's error answer with an empty or non-JSON body: the gateway sent the request,
+    so it is the backend's fault (502), never blamed on the client."""
+    what = "an empty body" if not content.strip() else "a body that is not JSON"
+    return GatewayError(502, f"The model backend answered HTTP {status} with {what}; the "
+                             "gateway cannot tell what it objected to.", "server_error",
+                        "upstream_error")
+
+
+def context_length_exceeded(context: int, asked: int, param: str) -> GatewayError:
+    """The prompt and the completion asked for cannot fit the model's context window."""
+    return GatewayError(400, f"This model's maximum context length is {context} tokens. "
+                             f"However, you requested about {asked} tokens (the prompt and "
+                             f"max_tokens). Please reduce the length of the messages or "
+                             f"completion.", "invalid_request_error", "context_length_exceeded",
+                        param)

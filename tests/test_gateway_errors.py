@@ -115,3 +115,32 @@ def test_no_healthy_backend_is_a_503(start_gateway):
     assert first.value.body["type"] == "server_error"
     ready = requests.get(gateway.url + "/ready", timeout=5)
     assert ready.status_code == 503
+
+
+def test_a_request_over_the_context_is_a_400_before_any_limit(start_gateway):
+    from tests.support.processes import Simulator
+
+    sim = Simulator("--instant", "--context-length", "256")
+    try:
+        # A token budget that one over-long request would otherwise take as a 429 "tokens".
+        gateway = start_gateway(gateway_yaml([sim], extra="", ratelimit={
+            "tokens_per_minute": 300}).replace("    owned_by: acme",
+                                               "    owned_by: acme\n    context_length: 256"))
+        client = sdk(gateway)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000)
+        assert err.value.code == "context_length_exceeded" and err.value.param == "max_tokens"
+        assert "256" in err.value.message
+        long_prompt = [{"role": "user", "content": "word " * 400}]
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=MODEL, messages=long_prompt, max_tokens=10)
+        assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=MODEL, prompt=[list(range(250))], max_tokens=10)
+        assert err.value.param == "prompt"
+        assert sim.metric("num_requests_total") == 0  # none reached the runtime
+        # Nothing was reserved: a request that fits still has the whole token budget.
+        reply = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=200)
+        assert reply.usage.completion_tokens > 0
+    finally:
+        sim.stop()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from inferegator.backends.base import upstream_request_id
 from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision
 from tests.support.hostile_backend import HostileBackend
@@ -354,7 +355,9 @@ def _aftermath(case, gateway, hostile, admin_key, rid, figures, ledger) -> list[
         problems.append("in_flight stuck at " + str(
             [b.get("in_flight", b.get("error")) for b in admin_backends(gateway, admin_key)]))
     try:
-        wait_until(lambda: rid not in hostile.stats()["active"], timeout=5, interval=0.05)
+        upstream_rid = upstream_request_id(rid)  # what the backend saw
+        wait_until(lambda: upstream_rid not in hostile.stats()["active"], timeout=5,
+                   interval=0.05)
     except TimeoutError:
         problems.append("the gateway kept the connection to the hostile backend open")
     try:

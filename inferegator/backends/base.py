@@ -4,15 +4,21 @@ A backend type (``sglang``, ``openai``, a plugin's own) subclasses BackendAdapte
 says where its endpoints are, how to authenticate and how to probe health.
 """
 
+import hashlib
 import json
+import logging
+import re
 import time
+import uuid
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from ..config.model import ResilienceConfig
-from ..errors import GatewayError
+from ..errors import GatewayError, UpstreamFault, upstream_unreadable_error
 from .health import CircuitBreaker
+
+log = logging.getLogger(__name__)
 
 ERROR_BODY_BYTES = 65536  # the most of an upstream error answer that is read
 # Error types OpenAI's API uses; anything else a backend says (an exception's class name)
@@ -20,6 +26,50 @@ ERROR_BODY_BYTES = 65536  # the most of an upstream error answer that is read
 OPENAI_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error",
                                 "permission_error", "not_found_error", "rate_limit_exceeded",
                                 "insufficient_quota", "server_error"))
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+# Statuses whose meaning the pipeline settles without the body: 401/403 (our credentials),
+# 429 (busy) and 5xx. Any other error status with no JSON body is the backend's fault.
+_STATUSES_WITHOUT_BODY = (401, 403, 429)
+
+
+def upstream_request_id(request_id: str) -> str:
+    """The X-Request-ID sent upstream: always a UUID in its canonical form, which strict
+    servers demand (llama-cpp-python's answers 400 with an empty body to anything else).
+
+    A UUID is sent as it is; the gateway's own ``req-<32 hex>`` as the same 32 digits in
+    UUID form; any other client id as a UUID derived from it (SHA-256, version 4 bits), so
+    the same request carries the same upstream id on every attempt and an operator can
+    recompute it from the id the client and the ledger see.
+    """
+    lowered = request_id.lower()
+    if _UUID.fullmatch(lowered):
+        return lowered
+    if lowered.startswith("req-") and _HEX32.fullmatch(lowered[4:]):
+        return str(uuid.UUID(hex=lowered[4:]))
+    return str(uuid.UUID(bytes=hashlib.sha256(request_id.encode()).digest()[:16], version=4))
+
+
+def json_error_body(content: bytes) -> bool:
+    """Whether an upstream error answer's body is a JSON object (an error we can relay)."""
+    try:
+        return isinstance(json.loads(content), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def read_error_body(response: requests.Response) -> bytes:
+    """The start of an error answer, at most ERROR_BODY_BYTES, kept on the response so that
+    whoever reads it next (iter_content) gets the same bytes; the rest is never read."""
+    parts, size = [], 0
+    for data in response.iter_content(8192):
+        parts.append(data)
+        size += len(data)
+        if size >= ERROR_BODY_BYTES:
+            break
+    content = b"".join(parts)[:ERROR_BODY_BYTES]
+    response._content, response._content_consumed = content, True
+    return content
 
 
 def pooled_session(pool_size: int) -> requests.Session:
@@ -51,6 +101,9 @@ class PreparedPost:
         prepared.body = body
         prepared.headers["Content-Length"] = str(len(body))
         prepared.headers.update(headers)
+        rid = prepared.headers.get("X-Request-ID")
+        if rid is not None:
+            prepared.headers["X-Request-ID"] = upstream_request_id(rid)
         return self._adapter.send(prepared, stream=stream, timeout=timeout)
 
 
@@ -163,12 +216,29 @@ class BackendAdapter:
         return BackendLease(self) if self.breaker.begin() else None
 
     def post(self, endpoint: str, body: dict, headers: dict, stream: bool) -> requests.Response:
-        """Send one generation request; raises requests exceptions on transport failure."""
+        """Send one generation request; raises requests exceptions on transport failure, and
+        UpstreamFault (the backend's fault: counted against it, failover allowed) for an
+        error answer whose status blames the request but whose body is empty or not JSON,
+        since the gateway, not the client, wrote that request."""
         post = self._posts.get(endpoint)
         if post is None:
             post = self._posts[endpoint] = PreparedPost(
                 self.session, self.endpoint_url(endpoint), self.auth_headers())
-        return post.send(json.dumps(body).encode(), headers, stream, self.timeout)
+        response = post.send(json.dumps(body).encode(), headers, stream, self.timeout)
+        status = response.status_code
+        if 400 <= status < 500 and status not in _STATUSES_WITHOUT_BODY:
+            try:
+                content = read_error_body(response)
+            except requests.RequestException:
+                response.close()
+                raise
+            if not json_error_body(content):
+                response.close()
+                log.warning("backend %s answered %d with %s: %r", self.name, status,
+                            "an empty body" if not content.strip() else "a non-JSON body",
+                            content[:200])
+                raise UpstreamFault(upstream_unreadable_error(status, content))
+        return response
 
     def probe(self, timeout: float = 2.0) -> bool:
         """Active health check: True if the health URL answers 200."""
@@ -208,13 +278,13 @@ class BackendAdapter:
         """An upstream error in OpenAI's shape, from SGLang's flat or OpenAI's nested form."""
         try:
             body = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
-        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(body, dict):  # nothing the client could act on: the backend's fault
+            return upstream_unreadable_error(status, content)
+        error = body.get("error")
         if isinstance(error, dict):
             body = error
-        if not isinstance(body, dict):
-            body = {"message": content.decode(errors="replace")[:500] or f"HTTP {status}"}
         code, kind, param = body.get("code"), body.get("type"), body.get("param")
         if kind not in OPENAI_ERROR_TYPES:
             kind = "invalid_request_error" if status < 500 else "server_error"

@@ -22,6 +22,7 @@ from ..body import json_object, read_body
 from ..errors import (
     GatewayError,
     UpstreamFault,
+    context_length_exceeded,
     internal_error,
     invalid_request,
     model_not_found,
@@ -33,7 +34,7 @@ from ..errors import (
 from ..outcome import RequestOutcome
 from ..serving.disconnect import ClientDisconnected, ClientWatch
 from .relay import SSERelay, rewrite_json
-from .request import GatewayRequest, parse_generation, request_id
+from .request import CHAT, GatewayRequest, parse_generation, request_id
 
 log = logging.getLogger("inferegator.gateway")
 
@@ -99,12 +100,27 @@ class Pipeline:
         if greq.endpoint not in model.capabilities:  # "chat" and "completions" are both
             raise invalid_request(f"The model '{model.id}' does not support the "
                                   f"{greq.endpoint} endpoint.", "model", "unsupported_endpoint")
+        self._check_context(greq, model)
         for refusal in self.hook.inferegator_admit(gateway=self.gateway,
                                                    principal=greq.principal, model=model,
                                                    request=greq):
             if refusal is not None:
                 raise refusal
         return model
+
+    @staticmethod
+    def _check_context(greq, model) -> None:
+        """400 context_length_exceeded when the prompt (as estimated) and max_tokens cannot
+        fit the model's context, before any limit reserves tokens for them."""
+        context = model.context_length
+        if context is None:
+            return
+        asked = greq.prompt_estimate + (greq.max_tokens or 0)
+        if asked > context:
+            prompt_field = "messages" if greq.endpoint == CHAT else "prompt"
+            param = "max_tokens" if greq.max_tokens and greq.max_tokens >= context \
+                else prompt_field
+            raise context_length_exceeded(context, asked, param)
 
     def _call_upstream(self, greq, model, outcome, watch):
         """Try backends in policy order until one starts answering; fail over before that.
@@ -395,7 +411,8 @@ def _first_events(upstream, backend, model, greq):
         "continuous_usage_stats"))
     relay = SSERelay(backend.upstream_model, model.id, greq.include_usage,
                      strip_running_usage=backend.supports_continuous_usage
-                     and not client_continuous, max_event_bytes=backend.max_event_bytes)
+                     and not client_continuous, max_event_bytes=backend.max_event_bytes,
+                     prompt_estimate=greq.prompt_estimate)
     chunks = upstream.iter_content(chunk_size=None)
     while True:
         data = next(chunks, None)

@@ -11,6 +11,21 @@ from ..errors import GatewayError, UpstreamFault, upstream_failed, upstream_too_
 from ..outcome import Usage
 
 _DONE = b"data: [DONE]"
+# Fields of a stream event whose non-empty string is generated text; tool calls count too.
+_TEXT_KEYS = (b'"content":', b'"text":', b'"reasoning_content":')
+
+
+def _carries_text(event: bytes) -> bool:
+    """Whether a content event carries generated output (one token, as billed when the
+    backend sent no usage): a non-empty content/text/reasoning string or a tool call."""
+    for key in _TEXT_KEYS:
+        at = event.find(key)
+        while at >= 0:
+            value = event[at + len(key):at + len(key) + 3].lstrip()
+            if value.startswith(b'"') and not value.startswith(b'""'):
+                return True
+            at = event.find(key, at + len(key))
+    return b'"tool_calls":[{' in event or b'"tool_calls": [{' in event
 
 
 def _malformed(what: str) -> UpstreamFault:
@@ -52,11 +67,17 @@ class SSERelay:
 
     __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "_strip_running",
                  "_final_usage", "_running_usage", "_max_event", "error", "done",
-                 "content_events")
+                 "content_events", "text_events", "prompt_estimate")
 
     def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
-                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20):
+                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
+                 prompt_estimate: int = 0):
         self._buffer = b""
+        # Billed with text_events (one completion token per event carrying output) when the
+        # backend sends no usage at all: a stream cut short, or a server that never reports
+        # usage in streams (llama-cpp-python's).
+        self.prompt_estimate = prompt_estimate
+        self.text_events = 0
         self._max_event = max_event_bytes
         self._public = public_model
         self._include_usage = include_usage
@@ -124,11 +145,16 @@ class SSERelay:
                 event = event.replace(old, new, 1)
                 break
         self.content_events += 1
+        if _carries_text(event):
+            self.text_events += 1
         return event
 
     @property
     def usage(self) -> Usage | None:
-        """The final usage if it came, else the running usage of the last event relayed."""
+        """The final usage if it came, else the running usage of the last event relayed,
+        else (no usage event at all) an estimate of what was relayed: the prompt estimate
+        and one completion token per event that carried output. A usage event that came
+        but is broken (strings, negative counts) is still not billed as if it were tokens."""
         if self._final_usage is not None:
             return Usage.from_upstream(self._final_usage)
         if self._running_usage is not None:
@@ -136,6 +162,8 @@ class SSERelay:
                 return Usage.from_upstream(json.loads(self._running_usage))
             except (ValueError, RecursionError):
                 return None
+        if self.text_events or self.prompt_estimate:
+            return Usage(self.prompt_estimate, self.text_events)
         return None
 
     @staticmethod

@@ -53,7 +53,8 @@ from tests.support.processes import ServerProcess, free_port
 
 MODES = ("ok", "hang_up", "endless_json", "huge_json", "no_separator", "no_separator_late",
          "trickle", "trickle_late", "endless_events", "bad_first_event", "array_event",
-         "bad_usage", "bad_usage_json")
+         "bad_usage", "bad_usage_json", "empty_400", "html_400", "echo_request_id",
+         "cut_short")
 
 HUGE_BYTES = 100 * 1024 * 1024
 TRICKLE_INTERVAL_S = 0.2
@@ -314,6 +315,48 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk(b'data: [{"choices":[],"usage":1}]\n\n')
         self._chunk(DONE)
         self._end_chunked()
+
+    def _mode_empty_400(self, chat, stream, model):
+        """400 with an empty body, as llama-cpp-python's server answers an X-Request-ID
+        that is not a UUID."""
+        self.send_response(400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _mode_html_400(self, chat, stream, model):
+        data = b"<html><body><h1>400 Bad Request</h1></body></html>"
+        self.send_response(400)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _mode_echo_request_id(self, chat, stream, model):
+        """ok, whose content is the X-Request-ID this server received ("" if none)."""
+        content = self.headers.get("X-Request-ID") or ""
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        if not stream:
+            self._json(200, self._completion(chat, model, content, usage))
+            return
+        self._start_chunked("text/event-stream")
+        self._chunk(sse(self._event(chat, model, content)))
+        self._chunk(sse(self._event(chat, model, "", "stop")))
+        self._chunk(sse(self._usage_event(chat, model, usage)))
+        self._chunk(DONE)
+        self._end_chunked()
+
+    def _mode_cut_short(self, chat, stream, model):
+        """SSE: an empty first delta, three content events, then the connection closes:
+        no usage chunk, no [DONE] (a runtime that died mid-answer)."""
+        self.close_connection = True
+        if not stream:
+            self._json(200, self._completion(chat, model, "abc", None))
+            return
+        self._start_chunked("text/event-stream")
+        self._chunk(sse(self._event(chat, model, "")))
+        for piece in ("a", "b", "c"):
+            self._chunk(sse(self._event(chat, model, piece)))
+        self.wfile.flush()
 
 
 class HostileBackend(ServerProcess):
