@@ -11,7 +11,9 @@ turned off with ``plugins: {<name>: {enabled: false}}``.
 """
 
 import dataclasses
+import difflib
 import importlib
+import importlib.metadata
 import logging
 import os
 import time
@@ -20,6 +22,7 @@ import pluggy
 
 from . import hookspecs
 from .config import ConfigError, load_config
+from .config.fields import key_line
 from .config.loader import Problem
 from .config.plugin_settings import plugin_enabled, validate_plugin_settings
 
@@ -45,6 +48,9 @@ def build_plugin_manager(config=None, plugins=(), entry_points: bool = True):
         disabled.add("console")
     pm = pluggy.PluginManager("inferegator")
     pm.add_hookspecs(hookspecs)
+    # Names given in code, loaded or disabled, for known_plugin_names().
+    pm.inferegator_given_names = {getattr(p, "__name__", "").rsplit(".", 1)[-1]
+                                  for p in plugins} - {""}
     for name in disabled:
         pm.set_blocked(name)
     for name in DEFAULT_PLUGINS:
@@ -80,9 +86,38 @@ def declared_settings(pm) -> dict:
             if getattr(plugin, "SETTINGS", None) is not None}
 
 
+def known_plugin_names(pm) -> set:
+    """Every name a plugin may have here: the built-ins, those installed by entry point and
+    those given in code, whether loaded or turned off."""
+    names = set(DEFAULT_PLUGINS) | {pm.get_name(plugin) for plugin in pm.get_plugins()}
+    names |= getattr(pm, "inferegator_given_names", set())
+    names |= {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return names
+
+
+def check_plugin_names(config, pm) -> None:
+    """ConfigError naming (file:line) each ``plugins:`` entry that no plugin has."""
+    source = config.plugins_source or config.plugins or {}
+    known = known_plugin_names(pm)
+    problems = []
+    for name in source:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), sorted(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(Problem(
+            config.path, key_line(source, name), f"plugins.{name}",
+            f"no plugin is named {str(name)!r} (built-in, installed by entry point, or given "
+            f"in code){hint}"))
+    if problems:
+        raise ConfigError(problems)
+
+
 def with_plugin_settings(config, pm):
     """config whose ``plugins`` hold each declaring plugin's validated settings; a
-    ConfigError naming each problem otherwise (lines come from load_config's own check)."""
+    ConfigError naming each problem otherwise (lines come from load_config's own check),
+    an unknown plugin name included."""
+    check_plugin_names(config, pm)
     schemas = declared_settings(pm)
     pending = {name for name in schemas if not dataclasses.is_dataclass(
         config.plugins.get(name))}
@@ -98,10 +133,12 @@ def with_plugin_settings(config, pm):
 
 
 def load_checked_config(path):
-    """The config at ``path`` with every plugin's settings checked too, each problem
-    named with its file and line (ConfigError)."""
+    """The config at ``path`` (None: the embedded default) with every plugin's name and
+    settings checked too, each problem named with its file and line (ConfigError)."""
     config = load_config(path)
-    schemas = declared_settings(build_plugin_manager(config))
+    pm = build_plugin_manager(config)
+    check_plugin_names(config, pm)
+    schemas = declared_settings(pm)
     return load_config(path, plugin_schemas=schemas) if schemas else config
 
 

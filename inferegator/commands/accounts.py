@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from ..errors import GatewayError
 from ..store import api_validation as check
-from . import DEFAULT_CONFIG, load_or_report
+from . import DEFAULT_CONFIG, DEFAULT_CONFIG_HELP, load_or_report
 
 
 class CommandError(Exception):
@@ -22,7 +22,7 @@ class CommandError(Exception):
 
 def _common(parser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"YAML configuration naming the storage (default: {DEFAULT_CONFIG})")
+                        help=f"YAML configuration naming the storage ({DEFAULT_CONFIG_HELP})")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from . import DEFAULT_CONFIG, load_or_report
+from . import DEFAULT_CONFIG, DEFAULT_CONFIG_HELP, config_name, load_or_report
 
 
 def register(subparsers) -> None:
@@ -11,8 +11,8 @@ def register(subparsers) -> None:
         "serve", help="Run the gateway (gunicorn with gevent workers).",
         description="Serve the OpenAI-compatible gateway described by a YAML config, and "
                     "start and supervise the runtimes it lists.")
-    serve.add_argument("--config", default=DEFAULT_CONFIG, help="YAML configuration file "
-                       f"(default: {DEFAULT_CONFIG})")
+    serve.add_argument("--config", default=DEFAULT_CONFIG,
+                       help=f"YAML configuration file ({DEFAULT_CONFIG_HELP})")
     serve.add_argument("--bind", help="host:port, overrides server.bind")
     serve.add_argument("--workers", type=int, help="overrides server.workers")
     serve.add_argument("--worker-connections", type=int,
@@ -23,12 +23,14 @@ def register(subparsers) -> None:
 
     check = subparsers.add_parser(
         "check-config", help="Validate a YAML configuration and print its catalog.")
-    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.add_argument("--config", default=DEFAULT_CONFIG,
+                       help=f"YAML configuration file ({DEFAULT_CONFIG_HELP})")
     check.set_defaults(handler=run_check_config)
 
     plugins = subparsers.add_parser(
         "plugins", help="List the loaded plugins, their versions and the hooks they implement.")
-    plugins.add_argument("--config", default=DEFAULT_CONFIG)
+    plugins.add_argument("--config", default=DEFAULT_CONFIG,
+                         help=f"YAML configuration file ({DEFAULT_CONFIG_HELP})")
     plugins.set_defaults(handler=run_plugins)
 
 
@@ -55,9 +57,10 @@ def run_check_config(args) -> int:
     try:
         gateway = Gateway(config, build_plugin_manager(config))
     except GatewayBuildError as exc:
-        print(f"inferegator: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
+        print(f"inferegator: invalid configuration:\n{config_name(args.config)}: {exc}",
+              file=sys.stderr)
         return 2
-    print(f"{args.config}: OK")
+    print(f"{config_name(args.config)}: OK")
     for model in gateway.catalog.models.values():
         p = model.pricing
         print(f"  {model.id}  (routing {model.config.routing}; context "
@@ -74,7 +77,11 @@ def banner(config, bind: str, key=None) -> str:
     host, _, port = bind.rpartition(":")
     url = f"http://{host or '127.0.0.1'}:{port}"
     model = config.models[0].id
-    key = key or "sk-inf-YOUR_KEY  (create one: inferegator keys create --user EMAIL)"
+    hint = ""
+    if key is None:  # not the first start: the key was printed then, or is made now
+        key = "sk-inf-YOUR_KEY"
+        hint = ("  (replace sk-inf-YOUR_KEY with your API key; create one: "
+                "inferegator keys create --user EMAIL)")
     console = (f"  Console: {url}{config.console.prefix}  (sign up, API keys, usage, "
                f"playground; admins sign in with the email and password above)\n"
                if config.console.enabled else "")
@@ -84,7 +91,8 @@ def banner(config, bind: str, key=None) -> str:
             f"  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             f"-H 'Content-Type: application/json' \\\n"
             f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", "
-            f"\"content\": \"Hello!\"}}]}}'")
+            f"\"content\": \"Hello!\"}}]}}'"
+            + (f"\n{hint}" if hint else ""))
 
 
 def run_serve(args) -> int:

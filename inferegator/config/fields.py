@@ -174,7 +174,9 @@ class Enum(Type):
     def check(self, value, where):
         if value not in self.choices:
             listed = " or ".join(repr(c) for c in self.choices)
-            return where.fail(f"must be {listed}, got {shown(value)}")
+            close = difflib.get_close_matches(str(value), self.choices, n=1)
+            hint = f", did you mean {close[0]!r}?" if close else ""
+            return where.fail(f"must be {listed}, got {shown(value)}{hint}")
         return str(value)
 
 

@@ -1,4 +1,8 @@
-"""Load config/inferegator.yaml: YAML that remembers its lines, ${ENV} interpolation, validation.
+"""Load a config file: YAML that remembers its lines, ${ENV} interpolation, validation.
+
+Relative paths in it (a relative `sqlite:///` storage URL, `ledger_journal`) resolve against
+the file's folder, so a config means the same wherever `inferegator` is started; the embedded
+default (default.yaml, used without --config) resolves them against the working directory.
 
 Every problem reads `<file>:<line>: <field path>: <problem>`, and all of them are reported at
 once, so a broken file is fixed in one pass rather than one error per restart.
@@ -13,6 +17,9 @@ import yaml
 from . import schema
 from .model import Config
 from .plugin_settings import validate_plugin_settings
+
+# The embedded default config, shipped inside the package (package_data).
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.yaml")
 
 
 class Problem(NamedTuple):
@@ -38,9 +45,14 @@ class ConfigError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def load_config(path, environ=None, plugin_schemas=None) -> Config:
+def load_config(path=None, environ=None, plugin_schemas=None, base_dir=None) -> Config:
     """Read, interpolate and validate the YAML file at `path` (environ: default os.environ;
-    plugin_schemas: plugin name -> the Section its settings are checked against)."""
+    plugin_schemas: plugin name -> the Section its settings are checked against).
+
+    Relative paths in it resolve against `base_dir`: by default the file's folder, or the
+    working directory for the embedded default (path None)."""
+    if path is None:
+        path, base_dir = DEFAULT_CONFIG_PATH, base_dir or os.getcwd()
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -48,12 +60,16 @@ def load_config(path, environ=None, plugin_schemas=None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         problem = Problem(path, None, "", f"cannot read the config file: {exc}")
         raise ConfigError([problem]) from None
-    return parse_config(text, path, environ, plugin_schemas)
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.abspath(path))
+    return parse_config(text, path, environ, plugin_schemas, base_dir=base_dir)
 
 
 def parse_config(text: str, path: str = "<config>", environ=None,
-                 plugin_schemas=None) -> Config:
-    """Like load_config, for YAML already in hand; `path` is what error messages name."""
+                 plugin_schemas=None, base_dir=None) -> Config:
+    """Like load_config, for YAML already in hand; `path` is what error messages name, and
+    relative paths resolve against `base_dir` (None: left as written, i.e. against the
+    working directory)."""
     try:
         data = _load_yaml(text, os.environ if environ is None else environ)
     except yaml.YAMLError as exc:
@@ -66,8 +82,26 @@ def parse_config(text: str, path: str = "<config>", environ=None,
     if found:
         problems = [Problem(path, line, field, message) for line, field, message in found]
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
+    if base_dir is not None:
+        resolve_relative_paths(values, os.fspath(base_dir))
     source = data.get("plugins") if isinstance(data.get("plugins"), dict) else {}
     return Config(path=path, plugins_source=source, **values)
+
+
+SQLITE = "sqlite:///"
+
+
+def resolve_relative_paths(values: dict, base_dir: str) -> None:
+    """Make `storage` (a relative sqlite:/// file, or the default one when unset) and
+    `ledger_journal` absolute, relative to base_dir."""
+    storage = values.get("storage", Config.storage)
+    if storage.startswith(SQLITE):
+        file = storage[len(SQLITE):]
+        if file and file != ":memory:" and not os.path.isabs(file):
+            values["storage"] = SQLITE + os.path.normpath(os.path.join(base_dir, file))
+    journal = values.get("ledger_journal")
+    if journal and not os.path.isabs(journal):
+        values["ledger_journal"] = os.path.normpath(os.path.join(base_dir, journal))
 
 
 # ---------------------------------------------------------------- YAML with lines

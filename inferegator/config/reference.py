@@ -14,8 +14,16 @@ INTRO = """\
 <!-- Generated from inferegator/config/schema.py and reference.py; do not edit by hand.
      Regenerate: python -m inferegator.config.reference > docs/configuration.md -->
 
-Inferegator reads one YAML file, `config/inferegator.yaml` by default. Only `models` is
+Inferegator reads one YAML file, given with `--config PATH`. Without `--config` it uses the
+embedded default that ships inside the package, `inferegator/config/default.yaml` (in a
+checkout, `config/inferegator.yaml` is the same file): one simulated model, with its SQLite
+database at `./inferegator.db` in the directory `inferegator` is started in. Only `models` is
 required; every other setting has a default, and a setting left empty (`null`) takes it too.
+
+**Relative paths** in a config file (a relative SQLite `storage` such as
+`sqlite:///./inferegator.db`, the default one included, and `ledger_journal`) resolve against
+the folder of the config file, not the working directory, so a file means the same wherever
+`inferegator` is started; the embedded default resolves them against the working directory.
 
 ```yaml
 server: {bind: 127.0.0.1:8080, workers: 1}
@@ -54,8 +62,10 @@ models[0].backends[1].url: must be an http(s) URL, got 'gpu-a:30000'`. Unknown f
 errors, with a suggestion when the name is close to a known one.
 
 **Plugins.** `plugins.<name>` is passed, as written, to the plugin of that name; the plugin
-validates its own settings. Backend `type` and model `routing` name plugins too, and are
-checked against the loaded plugins when the gateway starts.
+validates its own settings. A name that no plugin has (built-in, installed by entry point, or
+given in code) is an error, reported with its file and line, as a misspelt `capabilities`
+entry is. Backend `type` and model `routing` name plugins too, and are checked against the
+loaded plugins when the gateway starts.
 
 """
 

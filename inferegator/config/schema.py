@@ -44,6 +44,11 @@ from .model import (
 
 # ---------------------------------------------------------------- the schema
 
+# What a model may declare under `capabilities`: the endpoints it serves (chat, completions,
+# embeddings, responses) and the features clients look for in /v1/models.
+CAPABILITIES = ("chat", "completions", "streaming", "embeddings", "responses", "tools",
+                "json_schema", "vision")
+
 SERVER = Section(
     ServerConfig,
     Setting("bind", HostPort(), "Address the gateway listens on."),
@@ -98,8 +103,10 @@ MODEL = Section(
     Setting("owned_by", String(), "`owned_by` in /v1/models."),
     Setting("context_length", Int(min=1), "Context window in tokens; unset: unknown."),
     Setting("pricing", PRICING, "Prices for the usage ledger's cost, USD per 1M tokens."),
-    Setting("capabilities", ListOf(String()),
-            "What the model supports, e.g. chat, completions, streaming, tools, json_schema."),
+    Setting("capabilities", ListOf(Enum(*CAPABILITIES)),
+            "What the model supports, from: " + ", ".join(f"`{c}`" for c in CAPABILITIES)
+            + ". A request to an endpoint the model lacks (`chat`, `completions`, "
+            "`embeddings`, `responses`) is refused."),
     Setting("routing", String(), "Routing policy (a plugin) that orders this model's backends."),
     Setting("routing_options", FreeDict(), "The routing policy's own settings (see "
             "docs/routing.md)."),
@@ -343,11 +350,16 @@ CONFIG = Section(
     Setting("models", ListOf(MODEL, min_items=1, unique="id"), "The models served."),
     Setting("server", SERVER, "HTTP server."),
     Setting("storage", String(), "Database for accounts, keys and the usage ledger: "
-            "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`."),
+            "`sqlite:///path.db` (embedded default) or `postgresql://user@host/db`. A "
+            "relative SQLite path (`sqlite:///./x.db`, and the default) resolves against "
+            "the config file's folder; in the embedded default config (no `--config`), "
+            "against the directory `inferegator` is started in. `sqlite:////abs/x.db` is "
+            "absolute."),
     Setting("ledger_journal", String(), "Folder of the workers' usage journals (a row is "
             "journaled before its answer ends, so a killed worker loses none); empty: "
             "`<database file>.ledger-journal` for SQLite, else a folder under the temporary "
-            "directory named after the storage URL."),
+            "directory named after the storage URL. A relative folder resolves against the "
+            "config file's folder."),
     Setting("ratelimit", RATELIMIT, "Per-key request and token limits."),
     Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),

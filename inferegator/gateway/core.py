@@ -59,18 +59,31 @@ class Gateway:
         resilience = self.config.resilience
         backends = list(self.catalog.backends())
         timeout = resilience.health_check_timeout_s
+        never_healthy_warn_after = 10  # failed probes before "never healthy" is logged
         results = Pool(16).map(lambda b: b.probe(timeout), backends)
         for backend, ok in zip(backends, results):
+            seen_healthy = getattr(backend, "seen_healthy", False)
             if ok:
                 backend.failed_probes, backend.passed_probes = 0, backend.passed_probes + 1
                 backend.breaker.probe_passed()
+                if not seen_healthy:
+                    backend.seen_healthy = True
+                    log.info("backend %s is healthy", backend.name)
                 if backend.probe_ok is None:
                     backend.probe_ok = True
                 elif not backend.probe_ok and backend.passed_probes >= resilience.healthy_after:
-                    log.warning("backend %s passes its health checks again", backend.name)
+                    if seen_healthy:  # else its first pass was logged just above
+                        log.warning("backend %s passes its health checks again", backend.name)
                     backend.probe_ok = True
             else:
                 backend.passed_probes, backend.failed_probes = 0, backend.failed_probes + 1
+                probes = getattr(backend, "probes_before_healthy", 0) + 1
+                if not seen_healthy:
+                    backend.probes_before_healthy = probes
+                    if probes == never_healthy_warn_after:
+                        log.warning(
+                            "backend %s has not passed any of its first %d health checks; it "
+                            "gets no requests until it does", backend.name, probes)
                 if backend.probe_ok is None:
                     backend.probe_ok = False  # never seen healthy: it joins once it is
                 elif backend.probe_ok and backend.failed_probes >= resilience.unhealthy_after:
