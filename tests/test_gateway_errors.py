@@ -144,3 +144,21 @@ def test_a_request_over_the_context_is_a_400_before_any_limit(start_gateway):
         assert reply.usage.completion_tokens > 0
     finally:
         sim.stop()
+
+
+def test_a_backends_own_context_overflow_has_the_openai_code(start_gateway):
+    from tests.support.processes import Simulator
+
+    sim = Simulator("--instant", "--context-length", "256")
+    try:
+        # An openai-type backend: the gateway learns no context length, the runtime decides.
+        yaml_text = gateway_yaml([sim]).replace("type: sglang, url: '" + sim.url + "'",
+                                                "type: openai, url: '" + sim.url + "/v1'")
+        assert "type: openai" in yaml_text
+        client = sdk(start_gateway(yaml_text))
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1000)
+        assert err.value.code == "context_length_exceeded"
+        assert "context length" in err.value.message  # the runtime's words, kept
+    finally:
+        sim.stop()

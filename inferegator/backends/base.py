@@ -28,6 +28,10 @@ OPENAI_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error",
                                 "insufficient_quota", "server_error"))
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+# How SGLang ("exceeds the model's maximum context length", "is longer than the model's
+# context length") and vLLM ("maximum context length is") word a context overflow.
+_CONTEXT_ERROR = re.compile(r"(maximum context length|longer than the model's context length)",
+                            re.IGNORECASE)
 # Statuses whose meaning the pipeline settles without the body: 401/403 (our credentials),
 # 429 (busy) and 5xx. Any other error status with no JSON body is the backend's fault.
 _STATUSES_WITHOUT_BODY = (401, 403, 429)
@@ -288,6 +292,11 @@ class BackendAdapter:
         code, kind, param = body.get("code"), body.get("type"), body.get("param")
         if kind not in OPENAI_ERROR_TYPES:
             kind = "invalid_request_error" if status < 500 else "server_error"
-        return GatewayError(status, str(body.get("message") or f"HTTP {status}")[:1000], kind,
-                            code[:100] if isinstance(code, str) else None,
+        message = str(body.get("message") or f"HTTP {status}")
+        if not isinstance(code, str):
+            code = None  # SGLang puts the HTTP status there
+        if status == 400 and code is None and _CONTEXT_ERROR.search(message):
+            code = "context_length_exceeded"  # SGLang and vLLM say it in words only
+        return GatewayError(status, message[:1000], kind,
+                            code[:100] if code else None,
                             param[:100] if isinstance(param, str) else None)
