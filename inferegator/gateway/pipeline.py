@@ -16,7 +16,7 @@ import requests
 
 from .. import outcome as ends
 from ..auth import authenticate
-from ..backends.base import ERROR_BODY_BYTES
+from ..backends.base import read_error_body
 from ..backends.health import RetryBudget
 from ..body import json_object, read_body
 from ..errors import (
@@ -196,7 +196,7 @@ class Pipeline:
             upstream = lease.response = backend.post(greq.endpoint, body, headers, greq.stream)
             status = upstream.status_code
             if status >= 400:
-                return False, None, _upstream_error(lease, status, _error_body(upstream))
+                return False, None, _upstream_error(lease, status, read_error_body(upstream))
             first = _first_events(upstream, backend, model, greq) if greq.stream else None
         except requests.RequestException as exc:
             if watch.gone:
@@ -358,17 +358,6 @@ class _Stream:
 def _failed(outcome, error: GatewayError) -> None:
     outcome.status = ends.REJECTED if error.status < 500 else ends.FAILED
     outcome.http_status, outcome.error = error.status, error.message
-
-
-def _error_body(upstream) -> bytes:
-    """The start of an upstream error answer (enough for its message), never all of it."""
-    parts, size = [], 0
-    for data in upstream.iter_content(8192):
-        parts.append(data)
-        size += len(data)
-        if size >= ERROR_BODY_BYTES:
-            break
-    return b"".join(parts)[:ERROR_BODY_BYTES]
 
 
 def _upstream_error(lease, status: int, content: bytes) -> GatewayError:
