@@ -82,13 +82,17 @@ class Console:
         values = req.get_cookie_values(SESSION_COOKIE)
         return self.store.sessions.get(values[0]) if values else None
 
+    def trusted(self, req) -> bool:
+        """Whether the peer is a listed proxy, whose X-Forwarded-* headers are believed."""
+        return req.remote_addr in self.config.trusted_proxies
+
     def secure_cookies(self, req) -> bool:
         setting = self.config.secure_cookies
         if setting != "auto":
             return setting == "always"
         if req.scheme == "https":
             return True
-        return req.remote_addr in self.config.trusted_proxies and (
+        return self.trusted(req) and (
             req.get_header("X-Forwarded-Proto") or "").lower() == "https"
 
     def base_url(self, req) -> str:
@@ -96,7 +100,7 @@ class Console:
         if self.config.base_url:
             return self.config.base_url.rstrip("/")
         scheme, host = req.scheme, req.netloc
-        if req.remote_addr in self.config.trusted_proxies:
+        if self.trusted(req):
             scheme = (req.get_header("X-Forwarded-Proto") or scheme).split(",")[0].strip()
             host = (req.get_header("X-Forwarded-Host") or host).split(",")[0].strip()
         return f"{scheme}://{host}/v1"

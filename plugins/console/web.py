@@ -152,13 +152,10 @@ class Context:
 
     # -- where the request came from --------------------------------------------------------
 
-    def trusted_proxy(self) -> bool:
-        return self.req.remote_addr in self.console.config.trusted_proxies
-
     def client_address(self) -> str:
         """The client's address: the peer, or what trusted proxies forwarded."""
         address = self.req.remote_addr or "unknown"
-        if self.trusted_proxy():
+        if self.console.trusted(self.req):
             hops = [h.strip() for h in (self.req.get_header("X-Forwarded-For") or "").split(",")
                     if h.strip()]
             for hop in reversed(hops):
