@@ -46,6 +46,12 @@ class GatewayError(Exception):
         """The error as one SSE event, for failures after a stream has started."""
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
+    def response_event(self, sequence_number: int) -> bytes:
+        """The error as a Responses stream's ``error`` event."""
+        return b"event: error\ndata: " + json.dumps({
+            "type": "error", "code": self.code, "message": self.message, "param": self.param,
+            "sequence_number": sequence_number}).encode() + b"\n\n"
+
 
 class UpstreamFault(Exception):
     """A backend broke the protocol or a bound (malformed event, too large, too slow): its

@@ -103,6 +103,13 @@ def inferegator_after_upstream(gateway: Gateway, request: GatewayRequest,
 
 
 @hookspec
+def inferegator_response_headers(gateway: Gateway, request: ClientRequest) -> dict | None:
+    """All results, merged: headers for an authenticated answer that no admission
+    described (an error before admission, GET /v1/models), e.g. the caller's rate-limit
+    state as it stands, using none of it. ``request.principal`` is set."""
+
+
+@hookspec
 def inferegator_request_finished(gateway: Gateway, outcome: RequestOutcome) -> None:
     """All implementations, exactly once per request when it has ended, however it ended
     (before a stream's ``[DONE]``): principal, model, backend, usage, cost, status, HTTP

@@ -26,15 +26,25 @@ class Usage(NamedTuple):
 
     @classmethod
     def from_upstream(cls, usage) -> "Usage | None":
-        """A backend's OpenAI usage object; None if it is not one (a broken or hostile
+        """A backend's usage object in Chat's naming (prompt_tokens, completion_tokens),
+        Responses' (input_tokens, output_tokens) or an embedding's (prompt_tokens equal to
+        total_tokens, nothing generated); None if it is not one (a broken or hostile
         backend's text or negative counts are not billed as if they were tokens)."""
         if not isinstance(usage, dict):
             return None
-        prompt, completion = _count(usage.get("prompt_tokens")), _count(
-            usage.get("completion_tokens"))
+        if "input_tokens" in usage:
+            prompt, completion = _count(usage.get("input_tokens")), _count(
+                usage.get("output_tokens"))
+            details = usage.get("input_tokens_details")
+        else:
+            prompt, completion = _count(usage.get("prompt_tokens")), _count(
+                usage.get("completion_tokens"))
+            if completion is None and prompt is not None and "completion_tokens" not in usage \
+                    and usage.get("total_tokens") == prompt:
+                completion = 0  # an embedding: the prompt is all there is
+            details = usage.get("prompt_tokens_details")
         if prompt is None or completion is None:
             return None
-        details = usage.get("prompt_tokens_details")
         cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else None
         return cls(prompt, completion, min(cached or 0, prompt))
 

@@ -2,20 +2,19 @@
 
 from inferegator.plugin import BackendAdapter, hookimpl
 
-_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+_PATHS = {"chat": "/chat/completions", "completions": "/completions",
+          "embeddings": "/embeddings", "responses": "/responses"}
 
 
 class OpenAIBackend(BackendAdapter):
     """``url`` is the API base including /v1, e.g. https://api.example.com/v1."""
 
     type_name = "openai"
+    paths = _PATHS
 
     def __init__(self, config, model_id: str, resilience=None):
         super().__init__(config, model_id, resilience)
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-
-    def endpoint_url(self, endpoint: str) -> str:
-        return self.url + _PATHS[endpoint]
 
     def health_url(self) -> str:
         return self.url + "/models"

@@ -4,17 +4,16 @@ import requests
 
 from inferegator.plugin import BackendAdapter, hookimpl
 
-_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
+          "embeddings": "/v1/embeddings", "responses": "/v1/responses"}
 
 
 class SGLangBackend(BackendAdapter):
     """``url`` is the runtime's root, e.g. http://gpu-a:30000."""
 
     type_name = "sglang"
+    paths = _PATHS
     supports_continuous_usage = True
-
-    def endpoint_url(self, endpoint: str) -> str:
-        return self.url + _PATHS[endpoint]
 
     def health_url(self) -> str:
         return self.url + "/health"

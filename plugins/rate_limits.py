@@ -24,3 +24,8 @@ def inferegator_request_finished(gateway, outcome):
     request = outcome.request
     if request is not None:
         gateway.plugin_state["rate_limits"].finished(request, outcome)
+
+
+@hookimpl(trylast=True)
+def inferegator_response_headers(gateway, request):
+    return gateway.plugin_state["rate_limits"].current_headers(request.principal)

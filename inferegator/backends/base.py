@@ -152,6 +152,9 @@ class BackendAdapter:
     """One upstream server serving one model."""
 
     type_name = "base"
+    # Endpoint name -> path under ``url``, for the endpoints this type serves; the gateway
+    # refuses a model that declares an endpoint capability its backends' types lack.
+    paths: dict = {}
     # Sends running usage on every stream event when asked (stream_options.
     # continuous_usage_stats), so a stream cut short can still be metered exactly.
     supports_continuous_usage = False
@@ -185,8 +188,9 @@ class BackendAdapter:
     # -- what a backend type defines ------------------------------------------------------
 
     def endpoint_url(self, endpoint: str) -> str:
-        """The URL of the chat ("chat") or completions ("completions") endpoint."""
-        raise NotImplementedError
+        """The URL of an endpoint ("chat", "completions", "embeddings", "responses"): by
+        default ``url`` + the type's ``paths[endpoint]``."""
+        return self.url + self.paths[endpoint]
 
     def health_url(self) -> str:
         raise NotImplementedError

@@ -13,14 +13,16 @@ from ..errors import (
     model_not_found,
     unknown_url,
 )
+from .endpoints import ENDPOINTS
 from .pipeline import Pipeline
-from .request import CHAT, COMPLETIONS, ClientRequest
+from .request import ClientRequest
 
 log = logging.getLogger("inferegator.gateway")
 
 
-class Generation:
-    """POST /v1/chat/completions or /v1/completions."""
+class Relayed:
+    """POST on a relayed route: /v1/chat/completions, /v1/completions, /v1/embeddings or
+    /v1/responses."""
 
     def __init__(self, pipeline, endpoint):
         self.pipeline = pipeline
@@ -38,16 +40,30 @@ class Models:
     def __init__(self, gateway):
         self.gateway = gateway
 
+    def _caller(self, req, resp):
+        client = req.context.gateway_request = ClientRequest(req)
+        resp.set_header("X-Request-ID", client.request_id)
+        principal = authenticate(self.gateway, client)
+        resp.set_headers(described_headers(self.gateway, client))
+        return principal
+
     def on_get(self, req, resp):
-        principal = authenticate(self.gateway, ClientRequest(req))
-        resp.media = self.gateway.catalog.listing(principal)
+        resp.media = self.gateway.catalog.listing(self._caller(req, resp))
 
     def on_get_one(self, req, resp, model_id):
-        principal = authenticate(self.gateway, ClientRequest(req))
-        model = self.gateway.catalog.visible(model_id, principal)
+        model = self.gateway.catalog.visible(model_id, self._caller(req, resp))
         if model is None:
             raise model_not_found(model_id)
         resp.media = self.gateway.catalog.card(model)
+
+
+def described_headers(gateway, client) -> dict:
+    """Headers of an authenticated answer that no admission described: what the
+    inferegator_response_headers hooks say (the caller's rate-limit state)."""
+    headers = {}
+    for result in gateway.hook.inferegator_response_headers(gateway=gateway, request=client):
+        headers.update(result or {})
+    return headers
 
 
 class Health:
@@ -69,34 +85,42 @@ class Ready:
         resp.media = state
 
 
-def _answer(req, resp, error: GatewayError):
-    resp.status = error.status
-    resp.data = json.dumps(error.body()).encode()
-    resp.content_type = "application/json"
-    greq = getattr(req.context, "gateway_request", None)
-    if greq is not None:
-        resp.set_headers(greq.response_headers)
-    resp.set_headers(error.headers)
+class ErrorAnswers:
+    """Every error in OpenAI's shape; an authenticated caller's carries its request id and
+    rate-limit headers, also when it came before admission."""
 
+    def __init__(self, gateway):
+        self.gateway = gateway
 
-def _gateway_error(req, resp, exc, params):
-    _answer(req, resp, exc)
+    def answer(self, req, resp, error: GatewayError) -> None:
+        resp.status = error.status
+        resp.data = json.dumps(error.body()).encode()
+        resp.content_type = "application/json"
+        client = getattr(req.context, "gateway_request", None)
+        if client is not None:
+            resp.set_header("X-Request-ID", client.request_id)
+            resp.set_headers(client.response_headers)
+            if client.principal is not None and \
+                    "x-ratelimit-limit-requests" not in client.response_headers:
+                resp.set_headers(described_headers(self.gateway, client))
+        resp.set_headers(error.headers)
 
+    def gateway_error(self, req, resp, exc, params):
+        self.answer(req, resp, exc)
 
-def _http_error(req, resp, exc, params):
-    if exc.status_code == 404:
-        error = unknown_url(req.path)
-    elif exc.status_code == 405:
-        error = method_not_allowed(req.method, req.path)
-    else:
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        error = GatewayError(exc.status_code, exc.description or exc.title, kind)
-    _answer(req, resp, error)
+    def http_error(self, req, resp, exc, params):
+        if exc.status_code == 404:
+            error = unknown_url(req.path)
+        elif exc.status_code == 405:
+            error = method_not_allowed(req.method, req.path)
+        else:
+            kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+            error = GatewayError(exc.status_code, exc.description or exc.title, kind)
+        self.answer(req, resp, error)
 
-
-def _unexpected_error(req, resp, exc, params):
-    log.exception("unhandled error on %s %s", req.method, req.path)
-    _answer(req, resp, internal_error())
+    def unexpected_error(self, req, resp, exc, params):
+        log.exception("unhandled error on %s %s", req.method, req.path)
+        self.answer(req, resp, internal_error())
 
 
 def create_app(gateway) -> falcon.App:
@@ -104,8 +128,8 @@ def create_app(gateway) -> falcon.App:
     app = falcon.App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     pipeline = Pipeline(gateway)
-    app.add_route("/v1/chat/completions", Generation(pipeline, CHAT))
-    app.add_route("/v1/completions", Generation(pipeline, COMPLETIONS))
+    for endpoint in ENDPOINTS.values():
+        app.add_route(endpoint.path, Relayed(pipeline, endpoint.name))
     models = Models(gateway)
     app.add_route("/v1/models", models)
     app.add_route("/v1/models/{model_id:path}", models, suffix="one")
@@ -114,7 +138,8 @@ def create_app(gateway) -> falcon.App:
     for routes in gateway.hook.inferegator_register_routes(gateway=gateway):
         for template, resource in routes or ():
             app.add_route(template, resource)
-    app.add_error_handler(Exception, _unexpected_error)
-    app.add_error_handler(falcon.HTTPError, _http_error)
-    app.add_error_handler(GatewayError, _gateway_error)
+    errors = ErrorAnswers(gateway)
+    app.add_error_handler(Exception, errors.unexpected_error)
+    app.add_error_handler(falcon.HTTPError, errors.http_error)
+    app.add_error_handler(GatewayError, errors.gateway_error)
     return app

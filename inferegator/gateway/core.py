@@ -8,6 +8,7 @@ from gevent.pool import Pool
 from ..catalog import Catalog, CatalogModel
 from ..errors import GatewayBuildError
 from ..periodic import every
+from .endpoints import ENDPOINTS
 
 log = logging.getLogger("inferegator.gateway")
 
@@ -49,7 +50,15 @@ class Gateway:
                 raise GatewayBuildError(
                     f"model {model_config.id!r}: unknown backend type {backend.type!r} "
                     f"(available: {', '.join(sorted(backend_types))})")
-            backends.append(backend_types[backend.type](backend, model_config.id, resilience))
+            backend_type = backend_types[backend.type]
+            missing = [c for c in model_config.capabilities if c in ENDPOINTS
+                       and backend_type.paths and c not in backend_type.paths]
+            if missing:
+                raise GatewayBuildError(
+                    f"model {model_config.id!r}: backend type {backend.type!r} does not serve "
+                    f"{', '.join(ENDPOINTS[c].path for c in missing)}, which its capabilities "
+                    f"({', '.join(missing)}) declare")
+            backends.append(backend_type(backend, model_config.id, resilience))
         return CatalogModel(model_config, backends, policies[model_config.routing])
 
     # -- backend health -------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The request path: authenticate, parse, resolve, admit, select, call upstream, relay, finish.
 
+The same path serves every relayed OpenAI route; what differs between them is in
+``endpoints.ENDPOINTS``.
+
 One greenlet per request. Failover happens only before the first byte reaches the
 client: a stream's first event is read from the backend before the response starts.
 Every exit, whatever ends the request, goes through one ``finally``: the backend lease
@@ -33,8 +36,9 @@ from ..errors import (
 )
 from ..outcome import RequestOutcome
 from ..serving.disconnect import ClientDisconnected, ClientWatch
-from .relay import SSERelay, rewrite_json
-from .request import CHAT, GatewayRequest, parse_generation, request_id
+from .endpoints import ENDPOINTS
+from .relay import rewrite_json
+from .request import GatewayRequest, request_id
 
 log = logging.getLogger("inferegator.gateway")
 
@@ -42,7 +46,7 @@ ANSWER_CHUNK_BYTES = 65536
 
 
 class Pipeline:
-    """Serves POST /v1/chat/completions and /v1/completions for one Gateway."""
+    """Serves the relayed routes (chat, completions, embeddings, responses) of one Gateway."""
 
     def __init__(self, gateway):
         self.gateway = gateway
@@ -65,7 +69,7 @@ class Pipeline:
         try:
             raw = read_body(req, self.server.max_body_bytes, self.server.body_timeout_s)
             authenticate(self.gateway, greq)
-            parse_generation(greq, json_object(raw))
+            ENDPOINTS[endpoint].parse(greq, json_object(raw))
             model = self._admit(greq)
             watch = ClientWatch(req.env)
             lease, first = self._call_upstream(greq, model, outcome, watch)
@@ -97,7 +101,7 @@ class Pipeline:
         model = self.gateway.catalog.get(greq.model_id)
         if model is None:
             raise model_not_found(greq.model_id)
-        if greq.endpoint not in model.capabilities:  # "chat" and "completions" are both
+        if greq.endpoint not in model.capabilities:  # endpoint names are capabilities
             raise invalid_request(f"The model '{model.id}' does not support the "
                                   f"{greq.endpoint} endpoint.", "model", "unsupported_endpoint")
         self._check_context(greq, model)
@@ -112,14 +116,13 @@ class Pipeline:
     def _check_context(greq, model) -> None:
         """400 context_length_exceeded when the prompt (as estimated) and max_tokens cannot
         fit the model's context, before any limit reserves tokens for them."""
-        context = model.context_length
-        if context is None:
-            return
+        context, endpoint = model.context_length, ENDPOINTS[greq.endpoint]
+        if context is None or endpoint.max_tokens_param is None:
+            return  # an embedding's inputs each meet the context on their own, upstream
         asked = greq.prompt_estimate + (greq.max_tokens or 0)
         if asked > context:
-            prompt_field = "messages" if greq.endpoint == CHAT else "prompt"
-            param = "max_tokens" if greq.max_tokens and greq.max_tokens >= context \
-                else prompt_field
+            param = endpoint.max_tokens_param if greq.max_tokens and \
+                greq.max_tokens >= context else endpoint.prompt_param
             raise context_length_exceeded(context, asked, param)
 
     def _call_upstream(self, greq, model, outcome, watch):
@@ -134,10 +137,7 @@ class Pipeline:
             raise model_unavailable(model.id)
         ordered = self.hook.inferegator_select_backend(
             gateway=self.gateway, model=model, request=greq, candidates=candidates)
-        body = dict(greq.body)
-        if greq.stream:
-            body["stream_options"] = {**(greq.body.get("stream_options") or {}),
-                                      "include_usage": True}
+        body = ENDPOINTS[greq.endpoint].upstream_body(greq)
         headers = {"X-Request-ID": greq.request_id}
         last_error, attempts, suspects = None, 0, []
         self.retry_budget.request()
@@ -186,7 +186,7 @@ class Pipeline:
         watch.arm(backend.total_timeout_s,
                   UpstreamFault(upstream_timeout(backend.total_timeout_s)))
         body["model"] = backend.upstream_model
-        if greq.stream and backend.supports_continuous_usage:
+        if greq.stream and backend.supports_continuous_usage and "stream_options" in body:
             body["stream_options"]["continuous_usage_stats"] = True
         self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
                                               backend=backend, body=body, headers=headers)
@@ -236,7 +236,7 @@ class Pipeline:
             after = self.after_upstream
             return rewrite_json(b"".join(parts), model.id, None if after is None else (
                 lambda answer: after(gateway=self.gateway, request=greq, backend=backend,
-                                     answer=answer)))
+                                     answer=answer)), ENDPOINTS[greq.endpoint].fix_answer, greq)
         except UpstreamFault as fault:
             lease.failed()
             raise fault.error from None
@@ -288,11 +288,11 @@ class Pipeline:
                 error = exc.error if isinstance(exc, UpstreamFault) else upstream_failed(
                     "It failed mid-stream.")
                 outcome.status, outcome.error = ends.UPSTREAM_FAILED, error.message
-                yield error.sse_event()
+                yield relay.error_event(error)
         except Exception:
             log.exception("stream relay failed for %s", greq.request_id)
             outcome.status, outcome.error = ends.FAILED, "internal error"
-            yield internal_error().sse_event()
+            yield relay.error_event(internal_error())
         finally:
             if outcome.usage is None:
                 outcome.usage = relay.usage
@@ -303,6 +303,8 @@ class Pipeline:
         the pool), then end the request, before the client is sent [DONE]."""
         _drain(chunks)
         outcome.usage = relay.usage
+        if relay.error is not None:  # a Responses stream that ended response.failed
+            outcome.status, outcome.error = ends.UPSTREAM_FAILED, relay.error.message
         self._end(outcome, lease, watch)
 
     def _abandoned(self, outcome, lease, watch) -> None:
@@ -398,10 +400,11 @@ def _first_events(upstream, backend, model, greq):
     """Read the stream until the first events to forward; failure here still allows failover."""
     client_continuous = bool((greq.body.get("stream_options") or {}).get(
         "continuous_usage_stats"))
-    relay = SSERelay(backend.upstream_model, model.id, greq.include_usage,
-                     strip_running_usage=backend.supports_continuous_usage
-                     and not client_continuous, max_event_bytes=backend.max_event_bytes,
-                     prompt_estimate=greq.prompt_estimate)
+    relay_class = ENDPOINTS[greq.endpoint].stream_relay
+    relay = relay_class(backend.upstream_model, model.id, greq.include_usage,
+                        strip_running_usage=backend.supports_continuous_usage
+                        and not client_continuous, max_event_bytes=backend.max_event_bytes,
+                        prompt_estimate=greq.prompt_estimate)
     chunks = upstream.iter_content(chunk_size=None)
     while True:
         data = next(chunks, None)

@@ -2,10 +2,14 @@
 
 Per streamed event the relay does the least that is correct: rename the model,
 notice (and keep or drop) the usage event, translate an error event, and pass
-everything else on as the bytes that arrived.
+everything else on as the bytes that arrived. Chat and completions streams end with
+``data: [DONE]`` (SSERelay); a Responses stream is typed events ending with
+``response.completed`` (ResponsesRelay).
 """
 
+import base64
 import json
+import struct
 
 from ..errors import GatewayError, UpstreamFault, upstream_failed, upstream_too_large
 from ..outcome import Usage
@@ -37,9 +41,11 @@ def clean_usage(usage: dict) -> dict:
     return {k: v for k, v in usage.items() if v is not None}
 
 
-def rewrite_json(content: bytes, public_model: str, edit=None) -> tuple[bytes, Usage | None]:
-    """A non-streamed answer with the public model id, after ``edit(answer)`` (the
-    after-upstream hooks) has seen it; returns (bytes, usage)."""
+def rewrite_json(content: bytes, public_model: str, edit=None, fix=None,
+                 request=None) -> tuple[bytes, Usage | None]:
+    """A non-streamed answer with the public model id, after the endpoint's ``fix(answer,
+    request)`` and ``edit(answer)`` (the after-upstream hooks) have seen it; returns
+    (bytes, usage)."""
     try:
         body = json.loads(content)
     except (ValueError, RecursionError):
@@ -50,51 +56,51 @@ def rewrite_json(content: bytes, public_model: str, edit=None) -> tuple[bytes, U
     usage = body.get("usage")
     if isinstance(usage, dict):
         usage = body["usage"] = clean_usage(usage)
-    body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
-    choices = body.get("choices")
-    for choice in choices if isinstance(choices, list) else ():
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            message.setdefault("refusal", None)  # OpenAI requires it; SGLang omits it
+    (fix or fix_completion)(body, request)
     if edit is not None:
         edit(body)
         usage = body.get("usage")
     return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
 
 
-class SSERelay:
-    """Turns upstream SSE bytes into the events to send to the client."""
+def fix_completion(body: dict, request) -> None:
+    """A chat or text completion as OpenAI writes it."""
+    body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            message.setdefault("refusal", None)  # OpenAI requires it; SGLang omits it
 
-    __slots__ = ("_buffer", "_replacements", "_public", "_include_usage", "_strip_running",
-                 "_final_usage", "_running_usage", "_max_event", "error", "done",
-                 "content_events", "text_events", "prompt_estimate")
 
-    def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
-                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
-                 prompt_estimate: int = 0):
+def fix_embeddings(body: dict, request) -> None:
+    """Embeddings in the encoding the client asked for: a backend that ignores
+    ``encoding_format: base64`` (and answers floats) is encoded here, as OpenAI's
+    little-endian float32 bytes in base64."""
+    if request is None or request.body.get("encoding_format") != "base64":
+        return
+    data = body.get("data")
+    for item in data if isinstance(data, list) else ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vector, list) and all(type(v) in (float, int) for v in vector):
+            item["embedding"] = base64.b64encode(
+                struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def fix_response(body: dict, request) -> None:
+    """A Response object needs nothing beyond the model id and usage."""
+
+
+class _EventStream:
+    """Splits upstream SSE bytes into whole events (each with its blank line)."""
+
+    __slots__ = ("_buffer", "_max_event", "done", "error")
+
+    def __init__(self, max_event_bytes: int):
         self._buffer = b""
-        # Billed with text_events (one completion token per event carrying output) when the
-        # backend sends no usage at all: a stream cut short, or a server that never reports
-        # usage in streams (llama-cpp-python's).
-        self.prompt_estimate = prompt_estimate
-        self.text_events = 0
         self._max_event = max_event_bytes
-        self._public = public_model
-        self._include_usage = include_usage
-        # The gateway asked for continuous_usage_stats (the client did not): note the running
-        # usage on each event, so a stream cut short is still metered, and remove it.
-        self._strip_running = strip_running_usage
-        self._final_usage = None
-        self._running_usage = None
-        if upstream_model == public_model:
-            self._replacements = ()
-        else:
-            up, pub = json.dumps(upstream_model).encode(), json.dumps(public_model).encode()
-            self._replacements = ((b'"model":' + up, b'"model":' + pub),
-                                  (b'"model": ' + up, b'"model": ' + pub))
-        self.error = None
         self.done = False
-        self.content_events = 0
+        self.error = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Events (complete, with their blank line) ready to send for this piece of input."""
@@ -116,11 +122,41 @@ class SSERelay:
         return out
 
     def _event(self, event: bytes) -> bytes | None:
+        raise NotImplementedError
+
+
+class SSERelay(_EventStream):
+    """Turns a chat or completions stream into the events to send to the client."""
+
+    __slots__ = ("_replacements", "_public", "_include_usage", "_strip_running",
+                 "_final_usage", "_running_usage", "content_events", "text_events",
+                 "prompt_estimate")
+
+    def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
+                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
+                 prompt_estimate: int = 0):
+        super().__init__(max_event_bytes)
+        # Billed with text_events (one completion token per event carrying output) when the
+        # backend sends no usage at all: a stream cut short, or a server that never reports
+        # usage in streams (llama-cpp-python's).
+        self.prompt_estimate = prompt_estimate
+        self.text_events = 0
+        self._public = public_model
+        self._include_usage = include_usage
+        # The gateway asked for continuous_usage_stats (the client did not): note the running
+        # usage on each event, so a stream cut short is still metered, and remove it.
+        self._strip_running = strip_running_usage
+        self._final_usage = None
+        self._running_usage = None
+        self._replacements = _model_replacements(upstream_model, public_model)
+        self.content_events = 0
+
+    def _event(self, event: bytes) -> bytes | None:
         if event.startswith(_DONE):
             self.done = True
             return event
         if event.startswith(b'data: {"error"'):
-            self.error = self._translate_error(event)
+            self.error = _upstream_error(event[len(b"data: "):])
             return self.error.sse_event()
         if b'"usage"' in event and (b'"choices":[]' in event or b'"choices": []' in event):
             try:
@@ -166,11 +202,117 @@ class SSERelay:
             return Usage(self.prompt_estimate, self.text_events)
         return None
 
-    @staticmethod
-    def _translate_error(event: bytes) -> GatewayError:
+    def error_event(self, error: GatewayError) -> bytes:
+        """A failure after the stream started, as this kind of stream reports one."""
+        return error.sse_event()
+
+
+# Responses events whose delta is generated output (one token each when billed unreported).
+_RESPONSE_DELTAS = frozenset((b"response.output_text.delta", b"response.reasoning_text.delta",
+                              b"response.reasoning_summary_text.delta",
+                              b"response.function_call_arguments.delta",
+                              b"response.refusal.delta"))
+_RESPONSE_ENDS = frozenset((b"response.completed", b"response.incomplete", b"response.failed"))
+
+
+class ResponsesRelay(_EventStream):
+    """Turns a Responses stream (``event: <type>`` + ``data: {...}`` events) into the events
+    to send to the client; its usage comes in the final ``response.completed`` (or
+    ``incomplete``/``failed``) event, which ends it (an upstream ``[DONE]`` too)."""
+
+    __slots__ = ("_replacements", "_final_usage", "events", "text_events", "prompt_estimate")
+
+    def __init__(self, upstream_model: str, public_model: str, include_usage: bool = True,
+                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
+                 prompt_estimate: int = 0):
+        super().__init__(max_event_bytes)
+        self.prompt_estimate = prompt_estimate
+        self.text_events = 0
+        self.events = 0  # relayed so far: the next sequence_number
+        self._final_usage = None
+        self._replacements = _model_replacements(upstream_model, public_model)
+
+    def _event(self, event: bytes) -> bytes | None:
+        if event.startswith(_DONE):
+            self.done = True
+            return event
+        kind, data = _typed_event(event)
+        if kind is None:  # a comment or keep-alive line
+            return event
+        if kind == b"error" or data.startswith(b'{"error"'):
+            self.error = _upstream_error(data)
+            return self.error_event(self.error)
+        for old, new in self._replacements:
+            if old in event:
+                event = event.replace(old, new, 1)
+                break
+        if kind in _RESPONSE_DELTAS:
+            self.text_events += 1
+        elif kind in _RESPONSE_ENDS:
+            self._end(kind, data)
+        self.events += 1
+        return event
+
+    def _end(self, kind: bytes, data: bytes) -> None:
         try:
-            error = json.loads(event[len(b"data: "):])["error"]
-            message = str(error.get("message") or "upstream error")[:500]
+            response = json.loads(data)["response"]
+            usage = response.get("usage")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            message = "upstream error"
-        return GatewayError(502, message, "server_error", "upstream_error")
+            raise _malformed(f"a {kind.decode()} event that is not JSON") from None
+        if isinstance(usage, dict):
+            self._final_usage = usage
+        if kind == b"response.failed":
+            error = response.get("error") if isinstance(response.get("error"), dict) else {}
+            self.error = GatewayError(502, str(error.get("message") or "The response failed.")
+                                      [:500], "server_error", "upstream_error")
+        self.done = True
+
+    @property
+    def usage(self) -> Usage | None:
+        """The final usage if it came, else the prompt estimate and one output token per
+        delta relayed."""
+        if self._final_usage is not None:
+            return Usage.from_upstream(self._final_usage)
+        if self.text_events or self.prompt_estimate:
+            return Usage(self.prompt_estimate, self.text_events)
+        return None
+
+    def error_event(self, error: GatewayError) -> bytes:
+        return error.response_event(self.events)
+
+
+def _typed_event(event: bytes) -> tuple[bytes | None, bytes]:
+    """(type, data) of one SSE event: the ``event:`` line's name, else the data's "type"."""
+    kind, data = None, b""
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            kind = line[6:].strip()
+        elif line.startswith(b"data:"):
+            data = line[5:].strip()
+    if kind is None and data:
+        try:
+            value = json.loads(data).get("type")
+            kind = value.encode() if isinstance(value, str) else b""
+        except (ValueError, AttributeError, RecursionError):
+            kind = b""
+    return kind, data
+
+
+def _model_replacements(upstream_model: str, public_model: str) -> tuple:
+    """Byte replacements that rename the model in a JSON event, compact or spaced."""
+    if upstream_model == public_model:
+        return ()
+    up, pub = json.dumps(upstream_model).encode(), json.dumps(public_model).encode()
+    return ((b'"model":' + up, b'"model":' + pub), (b'"model": ' + up, b'"model": ' + pub))
+
+
+def _upstream_error(data: bytes) -> GatewayError:
+    """A backend's error event (OpenAI's nested ``{"error": {...}}`` or a Responses error
+    event's flat fields) as the gateway's 502."""
+    try:
+        body = json.loads(data)
+        error = body.get("error", body) if isinstance(body.get("error"), dict) else body
+        message = str(error.get("message") or "upstream error")[:500]
+    except (ValueError, TypeError, AttributeError, RecursionError):
+        message = "upstream error"
+    return GatewayError(502, message, "server_error", "upstream_error")

@@ -1,9 +1,10 @@
-"""Parse and validate a client's generation request once; everything else passes through.
+"""Parse and validate a client's request once; everything else passes through.
 
-The gateway checks only what it acts on (model, messages/prompt, stream,
-stream_options, max_tokens, n) and bounds it; unknown fields such as SGLang's top_k,
-regex, json_schema or separate_reasoning reach the backend untouched. The prompt's token
-estimate is taken here, from exactly the field the endpoint uses.
+The gateway checks only what it acts on (model, the prompt's field, stream,
+stream_options, the output bound, n, an embedding's encoding_format and dimensions) and
+bounds it; unknown fields such as SGLang's top_k, regex, json_schema or
+separate_reasoning reach the backend untouched. The prompt's token estimate is taken
+here, from exactly the field the endpoint uses.
 """
 
 import re
@@ -11,10 +12,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ..errors import invalid_request
+from ..errors import invalid_request, shown
 
 CHAT = "chat"
 COMPLETIONS = "completions"
+EMBEDDINGS = "embeddings"
+RESPONSES = "responses"
 MAX_MODEL_ID = 256  # characters; longer ids are refused, never stored or echoed
 MAX_TOKENS = 2 ** 31 - 1  # what the limiter's stores and the ledger's INTEGER columns hold
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -25,6 +28,7 @@ class ClientRequest:
 
     def __init__(self, http):
         self.http = http  # the falcon.Request: headers, WSGI environ
+        self.request_id = request_id(http)
         self.principal = None
         self.response_headers = {}
 
@@ -45,7 +49,7 @@ class GatewayRequest(ClientRequest):
     """One generation request from arrival to finish: created before authentication,
     its body fields filled in by ``parse_generation``."""
 
-    endpoint: str  # CHAT or COMPLETIONS
+    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS or RESPONSES
     http: object  # the falcon.Request: headers (http.get_header), WSGI environ
     request_id: str
     started: float = field(default_factory=time.perf_counter)
@@ -53,7 +57,8 @@ class GatewayRequest(ClientRequest):
     model_id: str | None = None  # None until the body is validated
     stream: bool = False
     include_usage: bool = False  # the client asked for the usage chunk
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the client's bound on the output
+    generates: bool = True  # False for embeddings: no output tokens to reserve
     n: int = 1
     prompt_estimate: int = 0  # prompt tokens, estimated from the endpoint's own field
     principal: object = None
@@ -117,11 +122,12 @@ def _token_ids(value) -> bool:
     return bool(value) and all(type(t) is int and 0 <= t <= MAX_TOKENS for t in value)
 
 
-def _check_prompt(prompt) -> int:
-    """Validate a completions prompt in any shape OpenAI's API allows; returns its estimated
-    tokens: a string, strings, token ids, or lists of token ids."""
+def _check_prompt(prompt, param: str = "prompt") -> int:
+    """Validate a prompt (completions' ``prompt``, embeddings' ``input``) in any shape
+    OpenAI's API allows; returns its estimated tokens: a string, strings, token ids, or
+    lists of token ids."""
     if prompt is None:
-        raise invalid_request("Missing required parameter: 'prompt'.", "prompt",
+        raise invalid_request(f"Missing required parameter: '{param}'.", param,
                               "missing_required_parameter")
     if isinstance(prompt, str):
         return len(prompt) // 4 + 1
@@ -132,9 +138,46 @@ def _check_prompt(prompt) -> int:
             return len(prompt)
         if all(isinstance(p, list) and _token_ids(p) for p in prompt):
             return sum(len(p) for p in prompt)
-    raise invalid_request("Invalid type for 'prompt': expected a string, an array of strings, "
-                          "an array of token ids or an array of token-id arrays.", "prompt",
-                          "invalid_type")
+    raise invalid_request(f"Invalid type for '{param}': expected a string, an array of "
+                          "strings, an array of token ids or an array of token-id arrays.",
+                          param, "invalid_type")
+
+
+def _item_chars(item, param: str) -> int:
+    """Characters of text in one Responses input item (a message, a tool output ...)."""
+    if not isinstance(item, dict):
+        raise invalid_request(f"Invalid type for '{param}': expected an object.", param,
+                              "invalid_type")
+    content = item.get("content")
+    if isinstance(content, str):
+        chars = len(content)
+    elif isinstance(content, list):
+        chars = sum(_part_chars(p) for p in content)
+    elif content is None:
+        chars = 0
+    else:
+        raise invalid_request(f"Invalid type for '{param}.content': expected a string or an "
+                              "array of content parts.", f"{param}.content", "invalid_type")
+    for name in ("output", "arguments"):  # function_call_output, function_call
+        value = item.get(name)
+        if isinstance(value, str):
+            chars += len(value)
+    return chars
+
+
+def _check_input_items(value) -> int:
+    """Validate a Responses ``input`` (a string or an array of items); its estimated
+    tokens."""
+    if value is None:
+        raise invalid_request("Missing required parameter: 'input'.", "input",
+                              "missing_required_parameter")
+    if isinstance(value, str):
+        return len(value) // 4 + 3
+    if not isinstance(value, list):
+        raise invalid_request("Invalid type for 'input': expected a string or an array of "
+                              "input items.", "input", "invalid_type")
+    chars = sum(_item_chars(item, f"input[{i}]") for i, item in enumerate(value))
+    return chars // 4 + 4 * len(value) + 3
 
 
 def estimate_prompt_tokens(endpoint: str, body: dict) -> int:
@@ -144,9 +187,7 @@ def estimate_prompt_tokens(endpoint: str, body: dict) -> int:
         body.get("prompt"))
 
 
-def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
-    """Validate a /v1/chat/completions or /v1/completions body into greq; 400 naming the
-    field if bad."""
+def _check_model(body: dict) -> str:
     model = body.get("model")
     if model is None:
         raise invalid_request("Missing required parameter: 'model'.", "model",
@@ -157,13 +198,12 @@ def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
     if len(model) > MAX_MODEL_ID:
         raise invalid_request(f"Invalid value for 'model': longer than {MAX_MODEL_ID} "
                               "characters.", "model", "invalid_value")
-    if greq.endpoint == CHAT:
-        if "messages" not in body:
-            raise invalid_request("Missing required parameter: 'messages'.", "messages",
-                                  "missing_required_parameter")
-        estimate = _check_messages(body["messages"])
-    else:
-        estimate = _check_prompt(body.get("prompt"))
+    return model
+
+
+def _check_stream(body: dict, chat_options: bool = True) -> tuple[bool, bool]:
+    """(stream, include_usage): ``stream_options`` as chat and completions define it, or
+    (Responses) any object, allowed only with ``stream``."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -178,11 +218,61 @@ def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
         if not isinstance(options, dict):
             raise invalid_request("Invalid type for 'stream_options': expected an object.",
                                   "stream_options", "invalid_type")
+    return stream, bool(chat_options and options and options.get("include_usage"))
+
+
+def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate a /v1/chat/completions or /v1/completions body into greq; 400 naming the
+    field if bad."""
+    model = _check_model(body)
+    if greq.endpoint == CHAT:
+        if "messages" not in body:
+            raise invalid_request("Missing required parameter: 'messages'.", "messages",
+                                  "missing_required_parameter")
+        estimate = _check_messages(body["messages"])
+    else:
+        estimate = _check_prompt(body.get("prompt"))
+    stream, include_usage = _check_stream(body)
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
     greq.n = _int(body, "n", 1, 128) or 1
     greq.body, greq.model_id, greq.stream, greq.max_tokens = body, model, stream, max_tokens
-    greq.include_usage = bool(options and options.get("include_usage"))
+    greq.include_usage = include_usage
     greq.prompt_estimate = estimate
+    return greq
+
+
+_ENCODING_FORMATS = ("float", "base64")
+
+
+def parse_embeddings(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate a /v1/embeddings body into greq: ``input`` in any prompt shape,
+    ``encoding_format`` and ``dimensions``; nothing is generated or streamed."""
+    greq.model_id = _check_model(body)
+    greq.prompt_estimate = _check_prompt(body.get("input"), "input")
+    encoding = body.get("encoding_format")
+    if encoding is not None and encoding not in _ENCODING_FORMATS:
+        raise invalid_request(f"Invalid value for 'encoding_format': {shown(encoding)}; "
+                              "expected 'float' or 'base64'.", "encoding_format",
+                              "invalid_value")
+    _int(body, "dimensions", 1)
+    greq.body, greq.generates = body, False
+    return greq
+
+
+def parse_responses(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate a /v1/responses body into greq: ``input`` (a string or input items),
+    ``instructions``, ``max_output_tokens`` and ``stream``."""
+    greq.model_id = _check_model(body)
+    estimate = _check_input_items(body.get("input"))
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise invalid_request("Invalid type for 'instructions': expected a string.",
+                                  "instructions", "invalid_type")
+        estimate += len(instructions) // 4 + 4
+    greq.stream, _ = _check_stream(body, chat_options=False)
+    greq.max_tokens = _int(body, "max_output_tokens", 1)
+    greq.body, greq.prompt_estimate = body, estimate
     return greq

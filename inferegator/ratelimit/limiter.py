@@ -57,17 +57,29 @@ class RateLimiter:
         self.window_ms = int(config.window_s * 1000)
         self.spend_of = spend_of  # key id -> USD spent this month (may be cached)
         self.clock = clock
-        self._last_warning = 0.0
+        self._last_warning = {}  # message -> when it was last logged
 
-    def limits_for(self, principal, model, request) -> tuple[list[Limit], int]:
+    @staticmethod
+    def _prefix(principal) -> str:
+        return f"rl:{{{principal.key_id}}}"  # {hash tag}: one Redis Cluster slot per key
+
+    def base_limits(self, principal, requests: int = 0, tokens: int = 0) -> list[Limit]:
+        """The key's requests and tokens limits (its own, else the configured defaults),
+        asking ``requests`` and ``tokens``: the first two limits of every admission."""
         cfg = self.config
         key = principal.attributes.get("key")
         rpm = (key and key.requests_per_minute) or cfg.requests_per_minute
         tpm = (key and key.tokens_per_minute) or cfg.tokens_per_minute
-        completion = request.max_tokens or model.default_max_tokens or cfg.default_max_tokens
+        base = self._prefix(principal)
+        return [Limit(base + ":requests", rpm, requests), Limit(base + ":tokens", tpm, tokens)]
+
+    def limits_for(self, principal, model, request) -> tuple[list[Limit], int]:
+        cfg = self.config
+        completion = 0 if not request.generates else (
+            request.max_tokens or model.default_max_tokens or cfg.default_max_tokens)
         tokens = request.prompt_estimate + completion * request.n
-        base = f"rl:{{{principal.key_id}}}"
-        limits = [Limit(base + ":requests", rpm, 1), Limit(base + ":tokens", tpm, tokens)]
+        base = self._prefix(principal)
+        limits = self.base_limits(principal, 1, tokens)
         extra = cfg.models.get(model.id)
         if extra is not None:
             if extra.requests_per_minute:
@@ -128,6 +140,19 @@ class RateLimiter:
         except StoreUnavailable as exc:
             self._warn(exc)
 
+    def current_headers(self, principal) -> dict:
+        """The x-ratelimit-* headers of the key's base limits as they stand now, reserving
+        nothing (for answers given before admission, GET /v1/models); {} when the store
+        cannot be reached. The remaining counts are what an admission now would find free."""
+        limits = self.base_limits(principal)
+        try:
+            decision = self.store.peek(limits, self.window_ms)
+        except StoreUnavailable as exc:
+            self._warn(exc, "rate-limit store unreachable, answering without "
+                            "x-ratelimit headers: %s")
+            return {}
+        return self._headers(limits, decision)
+
     def _headers(self, limits, decision) -> dict:
         requests_limit, tokens_limit = limits[0], limits[1]
         window = self.window_ms
@@ -146,8 +171,10 @@ class RateLimiter:
             "x-ratelimit-reset-tokens": reset(1),
         }
 
-    def _warn(self, exc) -> None:
+    def _warn(self, exc, message="rate-limit store unreachable, admitting without limits: "
+                                 "%s") -> None:
         now = self.clock()
-        if now - self._last_warning > 10:  # one line per 10 s, not one per request
-            self._last_warning = now
-            log.warning("rate-limit store unreachable, admitting without limits: %s", exc)
+        # one line per 10 s and message, not one per request
+        if now - self._last_warning.get(message, -math.inf) > 10:
+            self._last_warning[message] = now
+            log.warning(message, exc)

@@ -1,7 +1,8 @@
 """Sliding-window counters: in memory (one worker) or in Redis (shared, one script call).
 
 Both answer ``admit(limits, member, window_ms)`` all or nothing over every limit of
-a request, and ``reconcile(limit_key, member, amount)`` to correct an amount later.
+a request, ``reconcile(limit_key, member, amount)`` to correct an amount later, and
+``peek(limits, window_ms)`` to read what the windows hold now without admitting anything.
 Each admission is remembered (member -> amount) until it leaves the window, which is
 what makes counts exact: a limit of N admits N in any window, never N + 1.
 """
@@ -43,12 +44,32 @@ class MemoryWindowStore:
         self.clock = clock
         self._windows: dict[str, tuple[deque, dict, list]] = {}
 
-    def _window(self, key, now, window_ms):
-        entries, amounts, total = self._windows.setdefault(key, (deque(), {}, [0]))
+    @staticmethod
+    def _prune(window, now, window_ms):
+        """Drop the admissions that have left the window (and their amounts)."""
+        entries, amounts, total = window
         while entries and entries[0][0] <= now - window_ms:
             _, member = entries.popleft()
             total[0] -= amounts.pop(member, 0)
-        return entries, amounts, total
+        return window
+
+    def _window(self, key, now, window_ms):
+        return self._prune(self._windows.setdefault(key, (deque(), {}, [0])), now, window_ms)
+
+    def peek(self, limits: list[Limit], window_ms: int) -> Decision:
+        """What each limit's window holds now; nothing added (amounts are ignored)."""
+        now = int(self.clock() * 1000)
+        used, oldest = [], []
+        for limit in limits:
+            window = self._windows.get(limit.key)  # a key never admitted stays absent
+            if window is None:
+                used.append(0)
+                oldest.append(-1)
+                continue
+            entries, _, total = self._prune(window, now, window_ms)
+            used.append(total[0])
+            oldest.append(entries[0][0] if entries else -1)
+        return Decision(True, 0, now, used, oldest)
 
     def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
         now = int(self.clock() * 1000)
@@ -101,18 +122,31 @@ class RedisWindowStore:
         self._errors = (redis.RedisError, OSError)  # incl. the pool's wait timing out
         self._admit = self._redis.register_script((_LUA / "window.lua").read_text())
         self._reconcile = self._redis.register_script((_LUA / "reconcile.lua").read_text())
+        self._peek = self._redis.register_script((_LUA / "peek.lua").read_text())
 
-    def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
-        keys, args = [], [window_ms, member]
-        for limit in limits:
-            keys += [limit.key + ":z", limit.key + ":h", limit.key + ":sum"]
-            args += [limit.maximum, limit.amount]
+    @staticmethod
+    def _keys(limits: list[Limit]) -> list[str]:
+        """Each limit's sorted set, hash and running sum, as window.lua and peek.lua read them."""
+        return [name for limit in limits
+                for name in (limit.key + ":z", limit.key + ":h", limit.key + ":sum")]
+
+    def _call(self, script, keys, args) -> Decision:
         try:
-            out = self._admit(keys=keys, args=args)
+            out = script(keys=keys, args=args)
         except self._errors as exc:
             raise StoreUnavailable(str(exc)) from None
         values = [int(v) for v in out]
         return Decision(values[0] == 1, values[1], values[2], values[3::2], values[4::2])
+
+    def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
+        args = [window_ms, member]
+        for limit in limits:
+            args += [limit.maximum, limit.amount]
+        return self._call(self._admit, self._keys(limits), args)
+
+    def peek(self, limits: list[Limit], window_ms: int) -> Decision:
+        """What each limit's window holds now, in one script call; nothing added."""
+        return self._call(self._peek, self._keys(limits), [window_ms])
 
     def reconcile(self, key: str, member: str, amount: int) -> None:
         try:
