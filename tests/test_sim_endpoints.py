@@ -2,9 +2,11 @@
 
 import json
 
+import openai
+import pytest
 import requests
 
-from inferegator.simulator.tokenizer import tokenize
+from inferegator.simulator.tokenizer import encode, tokenize
 
 CHAT = {"model": "sim-model", "messages": [{"role": "user", "content": "Say something."}]}
 
@@ -215,3 +217,88 @@ def test_continuous_usage_stats_put_running_usage_on_every_chunk(sim):
     assert [e["usage"]["completion_tokens"] for e in content] == [1, 2, 3, 4, 5]
     assert all(e["usage"]["prompt_tokens"] == content[0]["usage"]["prompt_tokens"]
                for e in content)
+
+
+def completion(sim, **body):
+    return post(sim, "/v1/completions", {"model": "sim-model", **body})
+
+
+def test_completion_batch_of_strings_is_prompt_major_with_summed_usage(sim):
+    prompts = ["Once upon a time", "In a galaxy far away"]
+    batch = completion(sim, prompt=prompts, n=2, max_tokens=6, ignore_eos=True).json()
+    assert [c["index"] for c in batch["choices"]] == [0, 1, 2, 3]
+    for p, prompt in enumerate(prompts):  # choice p * n + j is prompt p's sampling j
+        single = completion(sim, prompt=prompt, n=2, max_tokens=6, ignore_eos=True).json()
+        assert [c["text"] for c in batch["choices"][2 * p:2 * p + 2]] == \
+            [c["text"] for c in single["choices"]]
+    usage = batch["usage"]
+    assert usage["prompt_tokens"] == sum(len(tokenize(p)) for p in prompts) == 9
+    assert usage["completion_tokens"] == 24
+    assert usage["total_tokens"] == 33
+
+
+@pytest.mark.parametrize("prompt, choices, prompt_tokens", [
+    ("Once upon a time", 1, 4),
+    (["Once upon a time", "It was a dark night"], 2, 9),
+    ([1, 2, 3, 4, 5], 1, 5),
+    ([[1, 2, 3], [4, 5, 6, 7], [8]], 3, 8),
+])
+def test_openai_sdk_sends_every_prompt_shape(sim, prompt, choices, prompt_tokens):
+    client = openai.OpenAI(base_url=sim.url + "/v1", api_key="unused", max_retries=0)
+    answer = client.completions.create(model="sim-model", prompt=prompt, max_tokens=4,
+                                       extra_body={"ignore_eos": True})
+    assert [c.index for c in answer.choices] == list(range(choices))
+    assert all(len(tokenize(c.text)) == 4 for c in answer.choices)
+    assert answer.usage.prompt_tokens == prompt_tokens
+    assert answer.usage.completion_tokens == 4 * choices
+
+
+def test_token_ids_in_a_batch_complete_like_their_text(sim):
+    text = "The same prompt twice"
+    by_text = completion(sim, prompt=text, max_tokens=5).json()["choices"][0]["text"]
+    batch = completion(sim, prompt=[encode(text), [7, 8]], max_tokens=5).json()
+    assert batch["choices"][0]["text"] == by_text != batch["choices"][1]["text"]
+
+
+def test_a_streamed_batch_carries_every_choice_and_the_summed_usage(sim):
+    body = {"prompt": [[1, 2, 3], [4, 5, 6, 7]], "n": 2, "max_tokens": 5, "ignore_eos": True}
+    answer = completion(sim, **body).json()
+    events = sse_events(post(sim, "/v1/completions",
+                             {**body, "stream": True, "stream_options": {"include_usage": True}},
+                             stream=True))
+    assert events[-1] == b"[DONE]"
+    *chunks, usage_chunk, _ = events
+    texts = {}
+    finished = set()
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"]:
+            finished.add(choice["index"])
+    assert finished == {0, 1, 2, 3}
+    assert [texts[i] for i in range(4)] == [c["text"] for c in answer["choices"]]
+    assert usage_chunk["usage"] == answer["usage"]
+    assert usage_chunk["usage"]["prompt_tokens"] == 7
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([""], "Prompt cannot be empty"),
+    ([[]], "Prompt cannot be empty"),
+    ([], "Prompt cannot be empty"),
+    (["a", 1], "prompt must be a string, a list of strings, a list of token ids or a list "
+               "of token-id lists"),
+    ([[1], ["a"]], "prompt must be a string, a list of strings, a list of token ids or a "
+                   "list of token-id lists"),
+])
+def test_bad_completion_prompts_are_refused(sim, prompt, message):
+    resp = completion(sim, prompt=prompt)
+    assert resp.status_code == 400
+    assert (resp.json()["message"], resp.json()["param"]) == (message, "prompt")
+
+
+def test_every_prompt_of_a_batch_must_fit_the_context(start_sim):
+    small = start_sim("--instant", "--context-length", "16")
+    assert completion(small, prompt=[[1, 2], [3]], max_tokens=8).status_code == 200
+    resp = completion(small, prompt=[[1, 2], list(range(1, 12))], max_tokens=8)
+    assert resp.status_code == 400
+    assert resp.json()["message"].startswith("Requested token count exceeds the model's")

@@ -8,6 +8,7 @@ from http import HTTPStatus
 import falcon
 
 from . import metrics
+from .embedding_routes import EmbeddingGenerate, Embeddings, TextlessGeneration, TextlessResponses
 from .engine import Engine
 from .faults import FaultInjector
 from .generation import GenerationRunner, native_result
@@ -20,6 +21,7 @@ from .protocol import (
     text_completion,
 )
 from .requests_in import parse_chat, parse_completion, parse_generate, parse_json
+from .responses import Responses
 
 log = logging.getLogger("inferegator.sim")
 SGLANG_VERSION = "0.5.23"  # the SGLang release whose HTTP surface this simulates
@@ -41,7 +43,7 @@ class ModelInfo:
     def __init__(self, settings):
         self.body = {
             "model_path": settings.model, "served_model_name": settings.model,
-            "tokenizer_path": settings.model, "is_generation": True,
+            "tokenizer_path": settings.model, "is_generation": not settings.is_embedding,
             "preferred_sampling_params": None, "weight_version": "default",
             "has_image_understanding": False, "has_audio_understanding": False,
             "model_type": "llama", "architectures": ["LlamaForCausalLM"],
@@ -66,7 +68,7 @@ class ServerInfo:
             "max_total_tokens": s.cache_capacity_tokens, "page_size": s.page_size,
             "max_prefill_tokens": 16384, "chunked_prefill_size": 8192,
             "enable_metrics": True, "disaggregation_mode": "null", "weight_version": "default",
-            "skip_tokenizer_init": False,
+            "skip_tokenizer_init": False, "is_embedding": s.is_embedding,
         }
         resp.media = {
             **args, "status": "ready", "max_total_num_tokens": s.cache_capacity_tokens,
@@ -194,7 +196,7 @@ class AbortRequest:
 
 
 class OpenAIGeneration:
-    """/v1/chat/completions and /v1/completions."""
+    """/v1/chat/completions and /v1/completions (one or more prompts, n choices each)."""
 
     def __init__(self, runner, parse, render, chunk_builder):
         self.runner = runner
@@ -212,10 +214,10 @@ class OpenAIGeneration:
             resp.content_type = "text/event-stream"
             resp.set_headers(SSE_HEADERS)
             resp.stream = self.runner.stream(reqs, fault, stop, self.chunk_builder(rid, call.model),
-                                             call.include_usage, call.continuous_usage, req.env)
+                                             call, req.env)
             return
         self.runner.run_to_end(reqs, stop)
-        resp.media = self.render(rid, call.model, reqs)
+        resp.media = self.render(rid, call.model, reqs, len(call.params))
 
 
 class Generate:
@@ -241,9 +243,14 @@ class Generate:
     on_put = on_post
 
 
+def _error_body(req, exc: SGLangError) -> dict:
+    # SGLang's handlers answer /v1/responses with OpenAI's {"error": {...}} envelope.
+    return exc.nested() if req.path.startswith("/v1/responses") else exc.body()
+
+
 def _sglang_error(req, resp, exc, params):
     resp.status = exc.status
-    resp.media = exc.body()
+    resp.media = _error_body(req, exc)
 
 
 def _http_error(req, resp, exc, params):
@@ -252,14 +259,15 @@ def _http_error(req, resp, exc, params):
     if exc.status_code in (404, 405):
         resp.media = {"detail": HTTPStatus(exc.status_code).phrase}
     else:
-        resp.media = SGLangError(exc.status_code, exc.description or exc.title).body()
+        resp.media = _error_body(req, SGLangError(exc.status_code,
+                                                  exc.description or exc.title))
 
 
 def _unexpected_error(req, resp, exc, params):
     log.exception("unhandled error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = SGLangError(500, f"Internal server error: {exc}",
-                             type="InternalServerError").body()
+    resp.media = _error_body(req, SGLangError(500, f"Internal server error: {exc}",
+                                              type="InternalServerError"))
 
 
 def create_app(settings, clock=time.time) -> falcon.App:
@@ -287,11 +295,20 @@ def create_app(settings, clock=time.time) -> falcon.App:
     app.add_route("/metrics", Metrics(settings, engine))
     app.add_route("/flush_cache", FlushCache(engine))
     app.add_route("/abort_request", AbortRequest(engine))
-    app.add_route("/v1/chat/completions",
-                  OpenAIGeneration(runner, parse_chat, chat_completion, ChatChunks))
-    app.add_route("/v1/completions",
-                  OpenAIGeneration(runner, parse_completion, text_completion, CompletionChunks))
-    app.add_route("/generate", Generate(runner))
+    app.add_route("/v1/embeddings", Embeddings(runner, settings))
+    if settings.is_embedding:
+        app.add_route("/v1/chat/completions", TextlessGeneration(runner, parse_chat))
+        app.add_route("/v1/completions", TextlessGeneration(runner, parse_completion))
+        app.add_route("/v1/responses", TextlessResponses(runner, settings))
+        app.add_route("/generate", EmbeddingGenerate(runner, settings))
+    else:
+        app.add_route("/v1/chat/completions",
+                      OpenAIGeneration(runner, parse_chat, chat_completion, ChatChunks))
+        app.add_route("/v1/completions",
+                      OpenAIGeneration(runner, parse_completion, text_completion,
+                                       CompletionChunks))
+        app.add_route("/v1/responses", Responses(runner, settings))
+        app.add_route("/generate", Generate(runner))
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(falcon.HTTPError, _http_error)
     app.add_error_handler(SGLangError, _sglang_error)

@@ -179,10 +179,7 @@ class Engine:
             req.finished = self.clock()
             self._record_finished(req)
         except (Aborted, GeneratorExit):  # GeneratorExit: the consumer went away mid-answer
-            req.finished = self.clock()
-            req.finish_reason = {"type": "abort", "message": "Abort request " + req.rid}
-            self.counters["num_aborted_requests_total"] += 1
-            self.counters["generation_tokens_total"] += req.completion_tokens
+            self._record_aborted(req)
             raise
         finally:
             self.cache.unlock(locked)
@@ -192,6 +189,36 @@ class Engine:
                 self.cache.evict()
             self.live.pop(req.rid, None)
             self._release(req)
+
+    def encode(self, req: SimRequest) -> None:
+        """Run one embedding request: queue and prefill of the whole prompt, no decode.
+
+        Embeddings do not use the prefix cache. Raises Aborted if the request is aborted.
+        """
+        s = self.settings
+        req.arrived = self.clock()
+        self.live[req.rid] = req
+        try:
+            self._acquire(req)
+            req.scheduled = self.clock()
+            if s.instant:
+                gevent.sleep(0)
+            self._pause(req, 0.0 if s.instant else req.prompt_tokens / s.prefill_tokens_per_s)
+            req.finished = self.clock()
+            req.finish_reason = {"type": "length", "length": 0}
+            self._record_finished(req)
+        except Aborted:
+            self._record_aborted(req)
+            raise
+        finally:
+            self.live.pop(req.rid, None)
+            self._release(req)
+
+    def _record_aborted(self, req: SimRequest) -> None:
+        req.finished = self.clock()
+        req.finish_reason = {"type": "abort", "message": "Abort request " + req.rid}
+        self.counters["num_aborted_requests_total"] += 1
+        self.counters["generation_tokens_total"] += req.completion_tokens
 
     def _decode(self, req: SimRequest):
         s = self.settings

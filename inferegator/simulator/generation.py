@@ -54,6 +54,10 @@ def run_choices(engine, reqs: list[SimRequest]):
         gevent.joinall(workers)
 
 
+class Dropped(Exception):
+    """A drop fault cut the connection mid-stream: the stream ends without its closing events."""
+
+
 class GenerationRunner:
     """Turns a GenerationCall into engine requests and renders the answer."""
 
@@ -61,20 +65,27 @@ class GenerationRunner:
         self.engine = engine
         self.faults = faults
 
-    def start(self, call, environ):
-        """Validate against the engine, draw a fault and create the requests.
-
-        Returns (requests, fault, stop_watching); no requests when a fault already ended
-        the exchange (a hang blocks here until the client leaves; a drop of a JSON answer
-        cuts the connection). 500/503 faults raise SGLangError.
-        """
+    def check_started(self) -> None:
+        """503 during the configured slow start."""
         if self.faults.starting:
             raise SGLangError(503, "The server is starting.", type="503")
-        for params in call.params:
-            try:
-                self.engine.check_fits(len(call.prompt_ids), params.max_new_tokens)
-            except ValueError as exc:
-                raise SGLangError(400, str(exc)) from None
+
+    def check_fits(self, call) -> None:
+        """400 when a prompt plus its max_new_tokens does not fit the context window."""
+        for prompt in call.prompts:
+            for params in call.params:
+                try:
+                    self.engine.check_fits(len(prompt), params.max_new_tokens)
+                except ValueError as exc:
+                    raise SGLangError(400, str(exc)) from None
+
+    def draw_fault(self, environ, stream: bool):
+        """Draw the call's fault and play what happens before an answer starts.
+
+        Returns (fault, go_on): go_on is False when the fault already ended the exchange (a
+        hang blocks here until the client leaves; a drop of a JSON answer cuts the
+        connection). 500/503 faults raise SGLangError.
+        """
         fault = self.faults.draw()
         if fault == "500":
             raise SGLangError(500, "Internal server error: injected fault",
@@ -86,19 +97,40 @@ class GenerationRunner:
             stop = watch_disconnect(environ, gone.set)
             gone.wait()
             stop()
+            return fault, False
+        if fault == "drop" and not stream:
+            _drop_connection(environ)
+            return fault, False
+        return fault, True
+
+    def start(self, call, environ):
+        """Validate against the engine, draw a fault and create the requests.
+
+        Returns (requests, fault, stop_watching); no requests when a fault already ended
+        the exchange. 500/503 faults and refused calls raise SGLangError.
+        """
+        self.check_started()
+        self.check_fits(call)
+        fault, go_on = self.draw_fault(environ, call.stream)
+        if not go_on:
             return [], fault, _noop
+        reqs, stop = self.create(call, environ)
+        return reqs, fault, stop
+
+    def create(self, call, environ):
+        """The call's engine requests (prompt-major) and the disconnect watcher aborting them.
+
+        One request keeps the call's rid; several get ``<rid>_0``, ``<rid>_1``, ...
+        """
         if call.rid is not None and any(r.startswith(call.rid) for r in self.engine.live):
             raise SGLangError(400, f"Duplicate request ID: {call.rid}", param="rid")
         base = call.rid or SimRequest([], None).rid
-        rids = [base] if len(call.params) == 1 else [f"{base}_{i}"
-                                                    for i in range(len(call.params))]
-        reqs = [SimRequest(call.prompt_ids, params, rid=rid)
-                for params, rid in zip(call.params, rids)]
-        if fault == "drop" and not call.stream:
-            _drop_connection(environ)
-            return [], fault, _noop
+        pairs = [(prompt, params) for prompt in call.prompts for params in call.params]
+        rids = [base] if len(pairs) == 1 else [f"{base}_{i}" for i in range(len(pairs))]
+        reqs = [SimRequest(prompt, params, rid=rid)
+                for (prompt, params), rid in zip(pairs, rids)]
         stop = watch_disconnect(environ, lambda: [r.aborted.set() for r in reqs])
-        return reqs, fault, stop
+        return reqs, stop
 
     def run_to_end(self, reqs, stop_watching):
         """Run every choice to its end (JSON answers)."""
@@ -108,13 +140,30 @@ class GenerationRunner:
         finally:
             stop_watching()
 
-    def stream(self, reqs, fault, stop_watching, chunks, include_usage, continuous_usage,
-               environ):
-        """SSE events of an OpenAI-style stream: role, content deltas, finish, usage, [DONE]."""
+    def deltas(self, reqs, fault, environ):
+        """(choice index, text delta) as run_choices yields them, for a streamed answer.
+
+        A drop fault shuts the connection down once the consumer has sent the
+        DROP_AFTER_CHUNKS-th non-empty delta, and raises Dropped.
+        """
+        sent = 0
+        for index, delta in run_choices(self.engine, reqs):
+            yield index, delta
+            if delta:
+                sent += 1
+                if fault == "drop" and sent == DROP_AFTER_CHUNKS:
+                    _drop_connection(environ)
+                    raise Dropped
+
+    def stream(self, reqs, fault, stop_watching, chunks, call, environ):
+        """SSE events of an OpenAI-style stream: role, content deltas, finish, usage, [DONE].
+
+        With continuous usage every content chunk carries the call's running usage.
+        """
+        n = len(call.params)
         try:
             started = [False] * len(reqs)
-            sent = 0
-            for index, delta in run_choices(self.engine, reqs):
+            for index, delta in self.deltas(reqs, fault, environ):
                 if not started[index]:
                     started[index] = True
                     first = chunks.role(index)
@@ -123,14 +172,13 @@ class GenerationRunner:
                 if delta is None:
                     yield chunks.finish(index, reqs[index])
                 elif delta:
-                    yield chunks.content(index, delta, usage(reqs) if continuous_usage else None)
-                    sent += 1
-                    if fault == "drop" and sent == DROP_AFTER_CHUNKS:
-                        _drop_connection(environ)
-                        return
-            if include_usage:
-                yield chunks.usage(reqs)
+                    yield chunks.content(index, delta,
+                                         usage(reqs, n) if call.continuous_usage else None)
+            if call.include_usage:
+                yield chunks.usage(reqs, n)
             yield SSE_DONE
+        except Dropped:
+            return
         finally:
             stop_watching()
 
@@ -138,19 +186,16 @@ class GenerationRunner:
         """SSE events of SGLang's /generate stream: cumulative text and output_ids."""
         try:
             texts = [""] * len(reqs)
-            sent = 0
-            for index, delta in run_choices(self.engine, reqs):
+            for index, delta in self.deltas(reqs, fault, environ):
                 req = reqs[index]
                 if delta is None:
                     yield sse(native_result(req, req.text, index if len(reqs) > 1 else None))
                     continue
                 texts[index] += delta
                 yield sse(native_result(req, texts[index], index if len(reqs) > 1 else None))
-                sent += 1
-                if fault == "drop" and sent == DROP_AFTER_CHUNKS:
-                    _drop_connection(environ)
-                    return
             yield SSE_DONE
+        except Dropped:
+            return
         finally:
             stop_watching()
 

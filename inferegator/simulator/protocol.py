@@ -23,6 +23,12 @@ class SGLangError(Exception):
         return {"object": "error", "message": self.message, "type": self.type,
                 "param": self.param, "code": self.status}
 
+    def nested(self) -> dict:
+        """The OpenAI-style envelope SGLang uses on /v1/responses (http_server.py)."""
+        kind = "invalid_request_error" if self.type == "BadRequestError" else self.type
+        return {"error": {"message": self.message, "type": kind, "param": self.param,
+                          "code": self.status}}
+
 
 def sse(obj) -> bytes:
     """One server-sent event carrying compact JSON."""
@@ -43,17 +49,22 @@ def openai_finish_reason(req: SimRequest) -> tuple[str, object]:
     return "abort", None
 
 
-def usage(reqs: list[SimRequest]) -> dict:
-    """Usage for the n choices of one prompt: prompt and cached tokens counted once."""
-    prompt = reqs[0].prompt_tokens
+def usage(reqs: list[SimRequest], n: int | None = None) -> dict:
+    """Usage of a call's requests, n choices per prompt (prompt-major, as SGLang sums it).
+
+    Each prompt's prompt and cached tokens count once (from its first choice); the
+    completions of every choice add up. n defaults to all requests being one prompt's.
+    """
+    firsts = reqs[::n or len(reqs)]
+    prompt = sum(r.prompt_tokens for r in firsts)
     completion = sum(r.completion_tokens for r in reqs)
     return {"prompt_tokens": prompt, "total_tokens": prompt + completion,
             "completion_tokens": completion,
-            "prompt_tokens_details": {"cached_tokens": reqs[0].cached_tokens},
+            "prompt_tokens_details": {"cached_tokens": sum(r.cached_tokens for r in firsts)},
             "reasoning_tokens": 0, "completion_tokens_details": None}
 
 
-def chat_completion(rid: str, model: str, reqs: list[SimRequest]) -> dict:
+def chat_completion(rid: str, model: str, reqs: list[SimRequest], n: int | None = None) -> dict:
     choices = []
     for index, req in enumerate(reqs):
         reason, matched = openai_finish_reason(req)
@@ -62,18 +73,18 @@ def chat_completion(rid: str, model: str, reqs: list[SimRequest]) -> dict:
                                     "reasoning_content": None},
                         "logprobs": None, "finish_reason": reason, "matched_stop": matched})
     return {"id": rid, "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": usage(reqs),
+            "model": model, "choices": choices, "usage": usage(reqs, n),
             "metadata": {"weight_version": "default"}}
 
 
-def text_completion(rid: str, model: str, reqs: list[SimRequest]) -> dict:
+def text_completion(rid: str, model: str, reqs: list[SimRequest], n: int | None = None) -> dict:
     choices = []
     for index, req in enumerate(reqs):
         reason, matched = openai_finish_reason(req)
         choices.append({"index": index, "text": req.text, "logprobs": None,
                         "finish_reason": reason, "matched_stop": matched})
     return {"id": rid, "object": "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": usage(reqs),
+            "model": model, "choices": choices, "usage": usage(reqs, n),
             "metadata": {"weight_version": "default"}}
 
 
@@ -105,8 +116,8 @@ class ChatChunks:
         reason, matched = openai_finish_reason(req)
         return self._chunk(index, {"reasoning_content": None}, reason, matched)
 
-    def usage(self, reqs: list[SimRequest]) -> bytes:
-        return sse({**self._head, "choices": [], "usage": usage(reqs)})
+    def usage(self, reqs: list[SimRequest], n: int | None = None) -> bytes:
+        return sse({**self._head, "choices": [], "usage": usage(reqs, n)})
 
 
 class CompletionChunks:
@@ -131,8 +142,8 @@ class CompletionChunks:
                                                "matched_stop": matched}],
                     "usage": None})
 
-    def usage(self, reqs: list[SimRequest]) -> bytes:
-        return sse({**self._head, "choices": [], "usage": usage(reqs)})
+    def usage(self, reqs: list[SimRequest], n: int | None = None) -> bytes:
+        return sse({**self._head, "choices": [], "usage": usage(reqs, n)})
 
 
 def model_card(model: str, context_length: int, created: int) -> dict:

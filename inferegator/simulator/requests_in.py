@@ -17,9 +17,13 @@ _MISSING = object()
 
 @dataclass
 class GenerationCall:
-    """A validated generation request: one prompt, n samplings."""
+    """A validated generation request: one or more prompts, n samplings of each.
 
-    prompt_ids: list[int]
+    Its engine requests are prompt-major: prompt p's sampling j is request p * n + j, which
+    is also the choice index SGLang gives it.
+    """
+
+    prompts: list[list[int]]
     params: list[SamplingParams]
     stream: bool
     include_usage: bool
@@ -39,7 +43,8 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
-def _get(body: dict, name: str, types, default=_MISSING, where: str = ""):
+def get_field(body: dict, name: str, types, default=_MISSING, where: str = ""):
+    """body[name] checked against types; default when absent or null, else a 400."""
     value = body.get(name, _MISSING)
     if value is _MISSING or value is None:
         if default is _MISSING:
@@ -55,7 +60,8 @@ def _tuple(types):
     return types if isinstance(types, tuple) else (types,)
 
 
-def _stops(value, param: str) -> tuple[str, ...]:
+def stop_strings(value, param: str) -> tuple[str, ...]:
+    """A stop string or list of them, empty strings dropped; a 400 for anything else."""
     if value is None:
         return ()
     if isinstance(value, str):
@@ -78,24 +84,24 @@ def _samplings(n: int, max_new_tokens, stop, seed, ignore_eos) -> list[SamplingP
                            ignore_eos=ignore_eos) for i in range(n)]
 
 
-def _openai_common(body: dict, prompt_ids, max_tokens) -> GenerationCall:
-    options = _get(body, "stream_options", dict, {})
+def _openai_common(body: dict, prompts, max_tokens) -> GenerationCall:
+    options = get_field(body, "stream_options", dict, {})
     return GenerationCall(
-        prompt_ids=prompt_ids,
-        params=_samplings(_get(body, "n", int, 1), max_tokens,
-                          _stops(body.get("stop"), "stop"), _get(body, "seed", int, 0),
-                          _get(body, "ignore_eos", bool, False)),
-        stream=_get(body, "stream", bool, False),
+        prompts=prompts,
+        params=_samplings(get_field(body, "n", int, 1), max_tokens,
+                          stop_strings(body.get("stop"), "stop"), get_field(body, "seed", int, 0),
+                          get_field(body, "ignore_eos", bool, False)),
+        stream=get_field(body, "stream", bool, False),
         include_usage=bool(options.get("include_usage")),
         continuous_usage=bool(options.get("continuous_usage_stats")),
-        model=_get(body, "model", str, "default"),
-        rid=_get(body, "rid", str, None),
+        model=get_field(body, "model", str, "default"),
+        rid=get_field(body, "rid", str, None),
     )
 
 
 def parse_chat(body: dict) -> GenerationCall:
     """/v1/chat/completions; honours max_completion_tokens, then max_tokens."""
-    messages = _get(body, "messages", list)
+    messages = get_field(body, "messages", list)
     if not messages:
         raise SGLangError(400, "Messages cannot be empty.", param="messages")
     for i, message in enumerate(messages):
@@ -106,29 +112,49 @@ def parse_chat(body: dict) -> GenerationCall:
         if content is not None and not isinstance(content, (str, list)):
             raise SGLangError(400, f"messages[{i}].content must be a string or a list",
                               param="messages")
-    max_tokens = _get(body, "max_completion_tokens", int, None)
+    max_tokens = get_field(body, "max_completion_tokens", int, None)
     if max_tokens is None:
-        max_tokens = _get(body, "max_tokens", int, None)
-    return _openai_common(body, encode(render_chat(messages)),
+        max_tokens = get_field(body, "max_tokens", int, None)
+    return _openai_common(body, [encode(render_chat(messages))],
                           _positive(max_tokens, "max_tokens"))
+
+
+def is_token_ids(value) -> bool:
+    """A list of ints (bools excluded)."""
+    return isinstance(value, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def completion_prompts(prompt) -> list[list[int]]:
+    """The prompts of a /v1/completions body, tokenized, in order.
+
+    As SGLang's CompletionRequest: a string, a list of strings, a list of token ids or a
+    list of token-id lists; "Prompt cannot be empty" when it or every one of its prompts is.
+    """
+    shapes = "prompt must be a string, a list of strings, a list of token ids or a list " \
+             "of token-id lists"
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = prompt
+    elif is_token_ids(prompt):
+        prompts = [prompt] if prompt else []
+    elif isinstance(prompt, list) and all(is_token_ids(p) for p in prompt):
+        prompts = prompt
+    else:
+        raise SGLangError(400, shapes, param="prompt")
+    if not prompts or all(not p for p in prompts):
+        raise SGLangError(400, "Prompt cannot be empty", param="prompt")
+    return [encode(p) if isinstance(p, str) else p for p in prompts]
 
 
 def parse_completion(body: dict) -> GenerationCall:
     """/v1/completions; max_tokens defaults to 16 and must be positive, as in SGLang."""
-    prompt = _get(body, "prompt", (str, list))
-    if isinstance(prompt, list):
-        if not prompt or not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise SGLangError(400, "prompt must be a string or a list of token ids",
-                              param="prompt")
-        prompt_ids = prompt
-    else:
-        if not prompt:
-            raise SGLangError(400, "Prompt cannot be empty", param="prompt")
-        prompt_ids = encode(prompt)
-    max_tokens = _get(body, "max_tokens", int, 16)
+    prompts = completion_prompts(get_field(body, "prompt", (str, list)))
+    max_tokens = get_field(body, "max_tokens", int, 16)
     if max_tokens <= 0:
         raise SGLangError(400, "max_tokens must be positive", param="max_tokens")
-    return _openai_common(body, prompt_ids, max_tokens)
+    return _openai_common(body, prompts, max_tokens)
 
 
 def parse_generate(body: dict) -> GenerationCall:
@@ -137,25 +163,26 @@ def parse_generate(body: dict) -> GenerationCall:
     if (text is None) == (input_ids is None):
         raise SGLangError(400, "Either text or input_ids should be provided.", param="text")
     if text is not None:
-        prompt_ids = encode(_get(body, "text", str))
+        prompt_ids = encode(get_field(body, "text", str))
     else:
-        prompt_ids = _get(body, "input_ids", list)
+        prompt_ids = get_field(body, "input_ids", list)
         if not prompt_ids or not all(isinstance(t, int) and not isinstance(t, bool)
                                      for t in prompt_ids):
             raise SGLangError(400, "input_ids must be a non-empty list of integers",
                               param="input_ids")
-    sp = _get(body, "sampling_params", dict, {})
+    sp = get_field(body, "sampling_params", dict, {})
     where = "sampling_params."
     return GenerationCall(
-        prompt_ids=prompt_ids,
-        params=_samplings(_get(sp, "n", int, 1, where),
-                          _positive(_get(sp, "max_new_tokens", int, 128, where),
+        prompts=[prompt_ids],
+        params=_samplings(get_field(sp, "n", int, 1, where),
+                          _positive(get_field(sp, "max_new_tokens", int, 128, where),
                                     "max_new_tokens"),
-                          _stops(sp.get("stop"), "stop"), _get(sp, "seed", int, 0, where),
-                          _get(sp, "ignore_eos", bool, False, where)),
-        stream=_get(body, "stream", bool, False),
+                          stop_strings(sp.get("stop"), "stop"),
+                          get_field(sp, "seed", int, 0, where),
+                          get_field(sp, "ignore_eos", bool, False, where)),
+        stream=get_field(body, "stream", bool, False),
         include_usage=False,
         continuous_usage=False,
         model="",
-        rid=_get(body, "rid", str, None),
+        rid=get_field(body, "rid", str, None),
     )

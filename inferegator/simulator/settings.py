@@ -39,17 +39,27 @@ class SimSettings:
                                       "cache")
     page_size: int = _opt(16, "Tokens per cache block; only whole blocks are cached.", "cache")
 
+    is_embedding: bool = _opt(False, "Serve an embedding model (SGLang's --is-embedding): "
+                                     "/v1/embeddings answers; generation routes do not "
+                                     "generate.", "embedding")
+    embedding_dim: int = _opt(1024, "Length of the embedding vectors (the model's hidden "
+                                    "size).", "embedding")
+    matryoshka: bool = _opt(False, "The embedding model is a Matryoshka model: /v1/embeddings "
+                                   "accepts dimensions <= --embedding-dim (truncated, then "
+                                   "renormalized). Without it SGLang refuses dimensions.",
+                            "embedding")
+
     fault_seed: int = _opt(0, "Seed for fault injection: the same seed and request order give "
                               "the same faults.", "faults")
-    fault_500_rate: float = _opt(0.0, "Fraction of generation requests answered with 500.",
+    fault_500_rate: float = _opt(0.0, "Fraction of inference requests answered with 500.",
                                  "faults")
-    fault_503_rate: float = _opt(0.0, "Fraction of generation requests answered with 503.",
+    fault_503_rate: float = _opt(0.0, "Fraction of inference requests answered with 503.",
                                  "faults")
-    fault_hang_rate: float = _opt(0.0, "Fraction of generation requests that never answer "
+    fault_hang_rate: float = _opt(0.0, "Fraction of inference requests that never answer "
                                        "(until the client goes away).", "faults")
-    fault_drop_rate: float = _opt(0.0, "Fraction of generation requests whose connection is "
+    fault_drop_rate: float = _opt(0.0, "Fraction of inference requests whose connection is "
                                        "dropped mid-answer (mid-stream for streams).", "faults")
-    slow_start_s: float = _opt(0.0, "Answer 503 on /health and generation endpoints for this "
+    slow_start_s: float = _opt(0.0, "Answer 503 on /health and inference endpoints for this "
                                     "many seconds after start.", "faults")
 
     @property
@@ -96,6 +106,8 @@ def from_arguments(args: argparse.Namespace) -> SimSettings:
         problems.append("--context-length must be at least 2")
     if settings.cache_capacity_tokens < settings.page_size:
         problems.append("--cache-capacity-tokens must hold at least one page")
+    if settings.embedding_dim < 1:
+        problems.append("--embedding-dim must be at least 1")
     if settings.prefill_tokens_per_s <= 0:
         problems.append("--prefill-tokens-per-s must be positive")
     if problems:
