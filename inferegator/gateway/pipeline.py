@@ -119,7 +119,8 @@ class Pipeline:
         context, endpoint = model.context_length, ENDPOINTS[greq.endpoint]
         if context is None or endpoint.max_tokens_param is None:
             return  # an embedding's inputs each meet the context on their own, upstream
-        asked = greq.prompt_estimate + (greq.max_tokens or 0)
+        prompt = greq.prompt_estimate if greq.longest_prompt is None else greq.longest_prompt
+        asked = prompt + (greq.max_tokens or 0)
         if asked > context:
             param = endpoint.max_tokens_param if greq.max_tokens and \
                 greq.max_tokens >= context else endpoint.prompt_param

@@ -87,8 +87,24 @@ def fix_embeddings(body: dict, request) -> None:
                 struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-def fix_response(body: dict, request) -> None:
-    """A Response object needs nothing beyond the model id and usage."""
+def fix_response(body: dict, request=None) -> None:
+    """A Response object (or a Responses stream event holding one) as OpenAI's schema
+    writes it: SGLang writes ``"logprobs": null`` on output text (OpenAI: an array) and
+    ``"user": null``, and ``"usage"``/``"text": null`` before there is any (OpenAI omits
+    them)."""
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "output_text" and node.get("logprobs", []) is None:
+                node["logprobs"] = []
+            if node.get("object") == "response":
+                for name in ("user", "usage", "text"):
+                    if name in node and node[name] is None:
+                        del node[name]
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class _EventStream:
@@ -236,20 +252,23 @@ class ResponsesRelay(_EventStream):
         if event.startswith(_DONE):
             self.done = True
             return event
+        for old, new in self._replacements:
+            if old in event:
+                event = event.replace(old, new, 1)
+                break
         kind, data = _typed_event(event)
         if kind is None:  # a comment or keep-alive line
             return event
         if kind == b"error" or data.startswith(b'{"error"'):
             self.error = _upstream_error(data)
             return self.error_event(self.error)
-        for old, new in self._replacements:
-            if old in event:
-                event = event.replace(old, new, 1)
-                break
         if kind in _RESPONSE_DELTAS:
             self.text_events += 1
-        elif kind in _RESPONSE_ENDS:
-            self._end(kind, data)
+        else:
+            if kind in _RESPONSE_ENDS:
+                self._end(kind, data)
+            if b"null" in data:  # the few events that carry a whole Response or item
+                event = _schema_event(event, data)
         self.events += 1
         return event
 
@@ -279,6 +298,17 @@ class ResponsesRelay(_EventStream):
 
     def error_event(self, error: GatewayError) -> bytes:
         return error.response_event(self.events)
+
+
+def _schema_event(event: bytes, data: bytes) -> bytes:
+    """A Responses event other than a delta, with its JSON as OpenAI's schema writes it."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return event
+    fix_response(obj)
+    head = event[:event.index(b"data:")] if event.startswith(b"event:") else b""
+    return head + b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _typed_event(event: bytes) -> tuple[bytes | None, bytes]:

@@ -59,8 +59,9 @@ class GatewayRequest(ClientRequest):
     include_usage: bool = False  # the client asked for the usage chunk
     max_tokens: int | None = None  # the client's bound on the output
     generates: bool = True  # False for embeddings: no output tokens to reserve
-    n: int = 1
+    n: int = 1  # completions generated: the client's n, times the prompts of a batch
     prompt_estimate: int = 0  # prompt tokens, estimated from the endpoint's own field
+    longest_prompt: int | None = None  # a batch's largest prompt, which must fit the context
     principal: object = None
     response_headers: dict = field(default_factory=dict)  # set by hooks (e.g. rate limits)
     plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
@@ -141,6 +142,13 @@ def _check_prompt(prompt, param: str = "prompt") -> int:
     raise invalid_request(f"Invalid type for '{param}': expected a string, an array of "
                           "strings, an array of token ids or an array of token-id arrays.",
                           param, "invalid_type")
+
+
+def prompt_count(prompt) -> int:
+    """How many prompts a valid prompt holds: a batch is strings or lists of token ids."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
 
 
 def _item_chars(item, param: str) -> int:
@@ -229,14 +237,17 @@ def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
         if "messages" not in body:
             raise invalid_request("Missing required parameter: 'messages'.", "messages",
                                   "missing_required_parameter")
-        estimate = _check_messages(body["messages"])
+        estimate, prompts = _check_messages(body["messages"]), 1
     else:
         estimate = _check_prompt(body.get("prompt"))
+        prompts = prompt_count(body["prompt"])
+        if prompts > 1:
+            greq.longest_prompt = max(_check_prompt(p) for p in body["prompt"])
     stream, include_usage = _check_stream(body)
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
         max_tokens = _int(body, "max_tokens", 1)
-    greq.n = _int(body, "n", 1, 128) or 1
+    greq.n = (_int(body, "n", 1, 128) or 1) * prompts
     greq.body, greq.model_id, greq.stream, greq.max_tokens = body, model, stream, max_tokens
     greq.include_usage = include_usage
     greq.prompt_estimate = estimate
