@@ -28,7 +28,8 @@ from tests.support.processes import free_port
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
 README_MODEL = "meta-llama/llama-3.1-8b-instruct"
-SIM_PORT = 30001  # the embedded default's simulator
+SIM_PORTS = (30001, 30002)  # the embedded default's simulators: chat, embeddings
+EMBEDDING_MODEL = "BAAI/bge-m3"
 
 MINIMAL = """\
 models:
@@ -96,8 +97,9 @@ def _port_free(port: int) -> bool:
 
 @pytest.mark.slow
 def test_serve_with_no_config_from_an_empty_folder(wheel, tmp_path):
-    assert _port_free(SIM_PORT), f"port {SIM_PORT}, the embedded default's simulator's, " \
-        "is in use by something else on this machine"
+    for port in SIM_PORTS:
+        assert _port_free(port), f"port {port}, an embedded default simulator's, is in use " \
+            "by something else on this machine"
     inferegator = _installed_inferegator(wheel, tmp_path)
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -148,6 +150,17 @@ def test_serve_with_no_config_from_an_empty_folder(wheel, tmp_path):
                 time.sleep(0.2)
         assert reply.choices[0].message.content
         assert (folder / "inferegator.db").is_file(), sorted(os.listdir(folder))
+        assert client.responses.create(model=README_MODEL, input="Hi.",
+                                       max_output_tokens=16).output_text
+        vectors = None
+        while vectors is None:  # the embedding simulator may pass its health check later
+            try:
+                vectors = client.embeddings.create(model=EMBEDDING_MODEL, input=["a", "b"])
+            except openai.APIStatusError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert [len(item.embedding) for item in vectors.data] == [1024, 1024]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)

@@ -25,8 +25,8 @@ from tests.support.processes import free_port, wait_until
 # Source: sgl-project/sglang, python/sglang/srt/server_args.py at commit
 # 001067fffe33427bee0ed2f007fb7551a1d76b44. There, ServerArgs declares the fields model_path
 # (alias --model), served_model_name, host, port, tp_size (alias --tensor-parallel-size),
-# context_length, mem_fraction_static, max_running_requests and page_size; each field's flag is
-# "--" + its name with "_" turned into "-" (_field_to_cli_name in
+# context_length, mem_fraction_static, max_running_requests, page_size and is_embedding; each
+# field's flag is "--" + its name with "_" turned into "-" (_field_to_cli_name in
 # python/sglang/srt/arg_groups/arg_utils.py at 0116c6066d6ead4b97c0468f65e04cad47ca021e).
 # An older server_args.py (469c63e54e7d94591617ef9590c6aa26d54dc1bb) spells --model-path,
 # --host, --port, --mem-fraction-static and --tp-size out in add_argument calls.
@@ -40,6 +40,7 @@ SGLANG_DOCUMENTED_FLAGS = {
     "--mem-fraction-static",
     "--max-running-requests",
     "--page-size",
+    "--is-embedding",
 }
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -263,6 +264,10 @@ def test_simulator_launcher_maps_sglang_flags_onto_its_settings():
 def test_simulator_launcher_serves_the_model_path_without_a_served_name():
     args, ignored = launch_server.sim_arguments(["--model", "org/model"], environ={})
     assert args.model == "org/model" and args.port == 30000 and ignored == []
+    assert args.is_embedding is False
+    args, ignored = launch_server.sim_arguments(["--model", "org/embed", "--is-embedding"],
+                                                environ={})
+    assert args.is_embedding is True and ignored == []
     assert args.handler is launch_server.command.run  # `inferegator sim`'s own start
 
 

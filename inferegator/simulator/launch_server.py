@@ -8,6 +8,7 @@ GPU by setting ``launcher_module: inferegator.simulator.launch_server``:
   served name, else the model path, as with SGLang;
 - ``--host``, ``--port``, ``--context-length``, ``--max-running-requests``, ``--page-size``:
   the simulator's settings of the same names;
+- ``--is-embedding``: serve an embedding model, as ``inferegator sim --is-embedding``;
 - ``--tp-size`` (``--tensor-parallel-size``) and ``--mem-fraction-static``: accepted, no effect.
 
 Any other flag is accepted and ignored with a note on stderr. Simulator-only settings (timing,
@@ -24,7 +25,8 @@ from . import command
 
 SIM_ARGS_ENV = "INFEREGATOR_SIM_ARGS"
 # The SGLang flags mapped onto a simulator setting of the same name.
-_SHARED = ("host", "port", "context_length", "max_running_requests", "page_size")
+_SHARED = ("host", "port", "context_length", "max_running_requests", "page_size",
+           "is_embedding")
 
 
 def sglang_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,8 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, help="max prompt + completion tokens")
     parser.add_argument("--max-running-requests", type=int, help="requests decoded at once")
     parser.add_argument("--page-size", type=int, help="tokens per prefix-cache page")
+    parser.add_argument("--is-embedding", action="store_true", default=None,
+                        help="serve an embedding model (/v1/embeddings)")
     parser.add_argument("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int,
                         help="accepted; the simulator has no GPUs to split a model over")
     parser.add_argument("--mem-fraction-static", type=float,
