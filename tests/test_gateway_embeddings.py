@@ -14,7 +14,7 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import UNLIMITED, launch_gateway, sdk
+from tests.gateway_fixtures import UNLIMITED, launch_gateway, provision, sdk
 from tests.support.processes import Simulator
 from tests.test_gateway_openapi import assert_valid, validator_for  # noqa: F401
 from tests.test_upstream_interop import ledger_row
@@ -175,3 +175,15 @@ def test_litellm_embedding_works_unchanged(gateway):
     vector = answer.data[0]["embedding"]
     assert len(vector) == DIM and math.isclose(norm(vector), 1.0, rel_tol=1e-4)
     assert answer.usage.prompt_tokens > 0
+
+
+def test_the_keys_limits_apply_and_reserve_no_output(gateway):
+    key, _ = provision(gateway.storage, "embed-limited@example.com", requests_per_minute=1,
+                       tokens_per_minute=1000)
+    client = sdk(gateway, key=key)
+    first = client.embeddings.with_raw_response.create(model=EMBED, input="x" * 400,
+                                                       encoding_format="float")
+    # 400 characters are about 101 tokens; nothing is reserved for output.
+    assert 1000 - int(first.headers["x-ratelimit-remaining-tokens"]) <= 101
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model=EMBED, input="again", encoding_format="float")

@@ -12,7 +12,7 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, sdk
+from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, provision, sdk
 from tests.support.processes import Simulator
 from tests.test_gateway_openapi import assert_valid, validator_for  # noqa: F401
 from tests.test_upstream_interop import ledger_row
@@ -174,3 +174,18 @@ def test_a_failing_backend_is_failed_over_before_the_first_byte(tmp_path):
         gateway.stop()
         failing.stop()
         healthy.stop()
+
+
+def test_the_keys_limits_apply(gateway):
+    """One request per minute: the second is refused with the SDK's RateLimitError, and
+    the reservation counted max_output_tokens."""
+    key, _ = provision(gateway.storage, "one-a-minute@example.com", requests_per_minute=1)
+    client = sdk(gateway, key=key)
+    first = client.responses.with_raw_response.create(model=MODEL, input="Once.",
+                                                      max_output_tokens=100)
+    assert int(first.headers["x-ratelimit-remaining-requests"]) == 0
+    assert int(first.headers["x-ratelimit-limit-tokens"]) - int(
+        first.headers["x-ratelimit-remaining-tokens"]) >= 100
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.responses.create(model=MODEL, input="Twice.", max_output_tokens=16)
+    assert caught.value.code == "rate_limit_exceeded"
