@@ -77,6 +77,20 @@ def model_not_found(model: str) -> GatewayError:
                              "access to it.", "invalid_request_error", "model_not_found", "model")
 
 
+def unsupported_endpoint(model: str, path: str) -> GatewayError:
+    """The model exists but does not serve this route (OpenAI answers 404 too)."""
+    return GatewayError(404, f"The model {shown(model)} does not support {path}; see its "
+                             "capabilities in /v1/models.", "invalid_request_error",
+                        "unsupported_endpoint", "model")
+
+
+def unsupported_parameter(model: str, param: str, what: str) -> GatewayError:
+    """The request asks for a feature (a capability) the model does not declare."""
+    return GatewayError(400, f"The model {shown(model)} does not support {what}: "
+                             f"'{param}' cannot be used with it.", "invalid_request_error",
+                        "unsupported_parameter", param)
+
+
 def unknown_url(path: str) -> GatewayError:
     return GatewayError(404, f"Unknown request URL: {shown(path, 200)}. Please check the URL "
                              "for typos.", "invalid_request_error", "unknown_url")

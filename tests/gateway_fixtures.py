@@ -21,15 +21,22 @@ _databases = itertools.count()
 UNLIMITED = {"requests_per_minute": 10 ** 9, "tokens_per_minute": 10 ** 12}
 
 
+# What the simulator's chat model can do (issue 13's capabilities), declared by test models.
+SIM_CAPABILITIES = ("chat", "completions", "streaming", "tools", "json_mode",
+                    "structured_outputs", "regex", "ebnf", "logprobs", "reasoning")
+
+
 def gateway_yaml(sims, *, model=MODEL, fallbacks=(), extra="", backend_extra="", server=(),
-                 ratelimit=None):
-    """A config serving `model` from the given simulators (primaries, then fallbacks)."""
+                 ratelimit=None, capabilities=SIM_CAPABILITIES, model_extra=()):
+    """A config serving `model` from the given simulators (primaries, then fallbacks);
+    ``model_extra``: more settings of the model (YAML lines such as "context_length: 4096")."""
     limits = {**UNLIMITED, **(ratelimit or {})}
     lines = ["server:", "  health_check_interval_s: 0.5", *(f"  {s}" for s in server),
              "ratelimit:", *(f"  {k}: {v}" for k, v in limits.items()),
              "models:", f"  - id: {model}", "    owned_by: acme",
              "    pricing: {prompt: 1.0, completion: 2.0, cached_prompt: 0.5}",
-             "    capabilities: [chat, completions, streaming]", "    backends:"]
+             f"    capabilities: [{', '.join(capabilities)}]",
+             *(f"    {line}" for line in model_extra), "    backends:"]
     for role, group in (("primary", sims), ("fallback", fallbacks)):
         for sim in group:
             lines.append(f"      - {{type: sglang, url: '{sim.url}', model: sim-model, "

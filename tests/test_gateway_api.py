@@ -4,7 +4,7 @@ import pytest
 import requests
 
 from inferegator.simulator.tokenizer import render_chat, tokenize
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, sdk
+from tests.gateway_fixtures import MODEL, SIM_CAPABILITIES, gateway_yaml, launch_gateway, sdk
 
 MESSAGES = [{"role": "user", "content": "Explain GPU inference in one sentence."}]
 
@@ -72,7 +72,7 @@ def test_models_list_and_one_model(served):
     extra = one.model_extra
     assert extra["pricing"]["prompt"] == 1.0 and extra["pricing"]["cached_prompt"] == 0.5
     assert extra["context_length"] == 32768  # learnt from the SGLang runtime's server_info
-    assert extra["capabilities"] == ["chat", "completions", "streaming"]
+    assert extra["capabilities"] == list(SIM_CAPABILITIES)
 
 
 def test_n_and_stop(served):

@@ -125,10 +125,10 @@ def test_bad_input_gets_the_gateways_400_naming_the_field(gateway, body, param, 
 
 def test_a_model_without_the_capability_refuses_the_endpoint(gateway):
     client = sdk(gateway)
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.NotFoundError) as caught:
         client.embeddings.create(model=CHAT_MODEL, input="hi", encoding_format="float")
     assert caught.value.code == "unsupported_endpoint"
-    with pytest.raises(openai.BadRequestError) as caught:
+    with pytest.raises(openai.NotFoundError) as caught:
         client.chat.completions.create(model=EMBED,
                                        messages=[{"role": "user", "content": "hi"}])
     assert caught.value.code == "unsupported_endpoint"

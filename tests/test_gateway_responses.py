@@ -12,7 +12,14 @@ import openai
 import pytest
 import requests
 
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, provision, sdk
+from tests.gateway_fixtures import (
+    MODEL,
+    SIM_CAPABILITIES,
+    gateway_yaml,
+    launch_gateway,
+    provision,
+    sdk,
+)
 from tests.support.processes import Simulator
 from tests.test_gateway_openapi import assert_valid, validator_for  # noqa: F401
 from tests.test_upstream_interop import ledger_row
@@ -21,10 +28,9 @@ CONTEXT = 4096
 
 
 def responses_yaml(sims, fallbacks=()):
-    text = gateway_yaml(sims, fallbacks=fallbacks)
-    return text.replace("capabilities: [chat, completions, streaming]",
-                        f"capabilities: [chat, completions, streaming, responses]\n"
-                        f"    context_length: {CONTEXT}")
+    return gateway_yaml(sims, fallbacks=fallbacks,
+                        capabilities=SIM_CAPABILITIES + ("responses",),
+                        model_extra=[f"context_length: {CONTEXT}"])
 
 
 @pytest.fixture(scope="module")

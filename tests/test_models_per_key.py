@@ -16,7 +16,14 @@ from inferegator.config import parse_config
 from inferegator.factory import build_gateway
 from inferegator.plugin import Principal, hookimpl
 from inferegator.store.store import Store
-from tests.gateway_fixtures import MODEL, gateway_yaml, launch_gateway, provision, sdk
+from tests.gateway_fixtures import (
+    MODEL,
+    SIM_CAPABILITIES,
+    gateway_yaml,
+    launch_gateway,
+    provision,
+    sdk,
+)
 from tests.test_gateway_openapi import assert_valid, validator_for  # noqa: F401 (fixture)
 
 # Served through an `openai` backend, which reports no context length: max_model_len null.
@@ -89,7 +96,7 @@ def test_cards_carry_max_model_len_and_root(served):
     assert plain["pricing"]["prompt"] == 3.0
     one = client.models.retrieve(MODEL).model_extra
     assert one["root"] == MODEL and one["max_model_len"] == 32768
-    assert one["capabilities"] == ["chat", "completions", "streaming"]
+    assert one["capabilities"] == list(SIM_CAPABILITIES)
 
 
 def test_shapes_follow_the_openai_spec(served, validator_for):  # noqa: F811

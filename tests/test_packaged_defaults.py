@@ -22,6 +22,7 @@ import requests
 from inferegator.commands.gateway import banner
 from inferegator.config import ConfigError, load_config, parse_config
 from inferegator.config.loader import DEFAULT_CONFIG_PATH
+from inferegator.config.schema import CAPABILITIES
 from inferegator.factory import build_plugin_manager, check_plugin_names, load_checked_config
 from tests.support.processes import free_port
 
@@ -256,10 +257,11 @@ def test_a_capability_typo_is_refused_with_a_suggestion():
     assert str(problem).endswith("got 'streming', did you mean 'streaming'?")
 
 
-def test_every_known_capability_is_accepted():
-    known = "chat, completions, streaming, embeddings, responses, tools, json_schema, vision"
-    config = parse_config(MINIMAL + f"    capabilities: [{known}]\n")
-    assert config.models[0].capabilities == tuple(known.split(", "))
+def test_every_known_capability_is_accepted_and_the_old_name_too():
+    config = parse_config(MINIMAL + f"    capabilities: [{', '.join(CAPABILITIES)}]\n")
+    assert config.models[0].capabilities == CAPABILITIES
+    renamed = parse_config(MINIMAL + "    capabilities: [chat, json_schema]\n")
+    assert renamed.models[0].capabilities == ("chat", "structured_outputs")
 
 
 # ---------------------------------------------------------------- the banner

@@ -26,9 +26,7 @@ MESSAGES = [{"role": "user", "content": "Hello."}]
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     sim = Simulator("--instant")
-    text = gateway_yaml([sim]).replace(
-        "capabilities: [chat, completions, streaming]",
-        f"capabilities: [chat, completions, streaming]\n    context_length: {CONTEXT}")
+    text = gateway_yaml([sim], model_extra=[f"context_length: {CONTEXT}"])
     other = ["  - id: " + OTHER, "    capabilities: [chat]", "    backends:",
              f"      - {{type: sglang, url: '{sim.url}', model: sim-model}}"]
     server = launch_gateway(tmp_path_factory.mktemp("gw"), text + "\n".join(other) + "\n")

@@ -167,11 +167,16 @@ class Bool(Type):
 
 
 class Enum(Type):
-    def __init__(self, *choices: str):
+    """One of the choices; an alias (an older name) is accepted as the choice it names."""
+
+    def __init__(self, *choices: str, aliases: dict | None = None):
         self.choices = choices
+        self.aliases = aliases or {}
         self.name = "one of: " + ", ".join(choices)
 
     def check(self, value, where):
+        if isinstance(value, str) and value in self.aliases:
+            return self.aliases[value]
         if value not in self.choices:
             listed = " or ".join(repr(c) for c in self.choices)
             close = difflib.get_close_matches(str(value), self.choices, n=1)

@@ -59,6 +59,7 @@ class ModelConfig:
     routing: str = "round_robin"
     routing_options: dict = field(default_factory=dict)  # the policy's own settings
     default_max_tokens: int | None = None
+    max_completion_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ models:
     owned_by: meta-llama
     context_length: 131072
     pricing: {prompt: 0.59, completion: 0.79, cached_prompt: 0.30}  # USD per 1M tokens
-    capabilities: [chat, completions, streaming, tools, json_schema]
+    capabilities: [chat, completions, streaming, tools, structured_outputs]
     routing: round_robin
     backends:
       - {type: sglang, url: "http://gpu-a:30000"}

@@ -44,10 +44,15 @@ from .model import (
 
 # ---------------------------------------------------------------- the schema
 
-# What a model may declare under `capabilities`: the endpoints it serves (chat, completions,
-# embeddings, responses) and the features clients look for in /v1/models.
-CAPABILITIES = ("chat", "completions", "streaming", "embeddings", "responses", "tools",
-                "json_schema", "vision")
+# What a model may declare under `capabilities`: the endpoints it serves (the relayed
+# routes' names, inferegator.gateway.endpoints) and the features requests may ask of it
+# (inferegator.gateway.features maps request fields onto them).
+ENDPOINT_CAPABILITIES = ("chat", "completions", "embeddings", "responses", "generate",
+                         "rerank", "score")
+FEATURE_CAPABILITIES = ("streaming", "tools", "json_mode", "structured_outputs", "regex",
+                        "ebnf", "logprobs", "reasoning", "vision")
+CAPABILITIES = ENDPOINT_CAPABILITIES + FEATURE_CAPABILITIES
+CAPABILITY_ALIASES = {"json_schema": "structured_outputs"}  # the name before issue 13
 
 SERVER = Section(
     ServerConfig,
@@ -103,10 +108,17 @@ MODEL = Section(
     Setting("owned_by", String(), "`owned_by` in /v1/models."),
     Setting("context_length", Int(min=1), "Context window in tokens; unset: unknown."),
     Setting("pricing", PRICING, "Prices for the usage ledger's cost, USD per 1M tokens."),
-    Setting("capabilities", ListOf(Enum(*CAPABILITIES)),
-            "What the model supports, from: " + ", ".join(f"`{c}`" for c in CAPABILITIES)
-            + ". A request to an endpoint the model lacks (`chat`, `completions`, "
-            "`embeddings`, `responses`) is refused."),
+    Setting("capabilities", ListOf(Enum(*CAPABILITIES, aliases=CAPABILITY_ALIASES)),
+            "What the model supports: the endpoints it serves ("
+            + ", ".join(f"`{c}`" for c in ENDPOINT_CAPABILITIES) + ") and the features "
+            "requests may use (" + ", ".join(f"`{c}`" for c in FEATURE_CAPABILITIES)
+            + "). A request to an endpoint the model lacks gets 404 `unsupported_endpoint`; "
+            "one using a feature it lacks (`tools`, `response_format`, `logprobs`, an image "
+            "part ...) gets 400 `unsupported_parameter` naming the field. `json_schema` is "
+            "accepted as the older name of `structured_outputs`."),
+    Setting("max_completion_tokens", Int(min=1), "Most tokens one answer may generate; a "
+            "larger max_tokens gets 400. Published in /v1/models; unset: the context bounds "
+            "it."),
     Setting("routing", String(), "Routing policy (a plugin) that orders this model's backends."),
     Setting("routing_options", FreeDict(), "The routing policy's own settings (see "
             "docs/routing.md)."),

@@ -30,6 +30,8 @@ from ..errors import (
     invalid_request,
     model_not_found,
     model_unavailable,
+    unsupported_endpoint,
+    unsupported_parameter,
     upstream_failed,
     upstream_timeout,
     upstream_too_large,
@@ -37,6 +39,7 @@ from ..errors import (
 from ..outcome import RequestOutcome
 from ..serving.disconnect import ClientDisconnected, ClientWatch
 from .endpoints import ENDPOINTS
+from .features import check_features
 from .relay import rewrite_json
 from .request import GatewayRequest, request_id
 
@@ -69,7 +72,9 @@ class Pipeline:
         try:
             raw = read_body(req, self.server.max_body_bytes, self.server.body_timeout_s)
             authenticate(self.gateway, greq)
-            ENDPOINTS[endpoint].parse(greq, json_object(raw))
+            body = json_object(raw)
+            ENDPOINTS[endpoint].parse(greq, body)
+            greq.needs = check_features(endpoint, body)
             model = self._admit(greq)
             watch = ClientWatch(req.env)
             lease, first = self._call_upstream(greq, model, outcome, watch)
@@ -102,8 +107,15 @@ class Pipeline:
         if model is None:
             raise model_not_found(greq.model_id)
         if greq.endpoint not in model.capabilities:  # endpoint names are capabilities
-            raise invalid_request(f"The model '{model.id}' does not support the "
-                                  f"{greq.endpoint} endpoint.", "model", "unsupported_endpoint")
+            raise unsupported_endpoint(model.id, ENDPOINTS[greq.endpoint].path)
+        for capability, param, what in greq.needs:
+            if capability not in model.capabilities:
+                raise unsupported_parameter(model.id, param, what)
+        bound = model.config.max_completion_tokens
+        if bound is not None and greq.max_tokens is not None and greq.max_tokens > bound:
+            param = ENDPOINTS[greq.endpoint].max_tokens_param
+            raise invalid_request(f"Invalid value for '{param}': this model generates at most "
+                                  f"{bound} tokens per answer.", param, "invalid_value")
         self._check_context(greq, model)
         for refusal in self.hook.inferegator_admit(gateway=self.gateway,
                                                    principal=greq.principal, model=model,

@@ -62,6 +62,7 @@ class GatewayRequest(ClientRequest):
     n: int = 1  # completions generated: the client's n, times the prompts of a batch
     prompt_estimate: int = 0  # prompt tokens, estimated from the endpoint's own field
     longest_prompt: int | None = None  # a batch's largest prompt, which must fit the context
+    needs: list = field(default_factory=list)  # (capability, param, what) it asks of a model
     principal: object = None
     response_headers: dict = field(default_factory=dict)  # set by hooks (e.g. rate limits)
     plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
