@@ -24,7 +24,15 @@ from .errors import (
     permission_denied,
     upstream_failed,
 )
-from .gateway.request import CHAT, COMPLETIONS, ClientRequest, GatewayRequest
+from .gateway.request import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    GENERATE,
+    RESPONSES,
+    ClientRequest,
+    GatewayRequest,
+)
 from .outcome import (
     CLIENT_DISCONNECTED,
     COMPLETED,
@@ -47,6 +55,7 @@ from .ttl_cache import TTLCache
 __all__ = [
     # hooks and the objects they pass
     "hookimpl", "Principal", "ClientRequest", "GatewayRequest", "CHAT", "COMPLETIONS",
+    "EMBEDDINGS", "RESPONSES", "GENERATE",
     "RequestOutcome", "Usage", "COMPLETED", "CLIENT_DISCONNECTED", "UPSTREAM_FAILED",
     "REJECTED", "FAILED",
     # authentication and request bodies

@@ -5,7 +5,8 @@ import requests
 from inferegator.plugin import BackendAdapter, hookimpl
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
-          "embeddings": "/v1/embeddings", "responses": "/v1/responses"}
+          "embeddings": "/v1/embeddings", "responses": "/v1/responses",
+          "generate": "/generate"}
 
 
 class SGLangBackend(BackendAdapter):

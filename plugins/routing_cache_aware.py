@@ -1,14 +1,15 @@
 """The ``cache_aware`` routing policy: one conversation, one runtime, on every replica.
 
 The routing key is the start of the rendered prompt, which is what a runtime's prefix
-cache holds: the system prompt(s) and the first user message of a chat (the same in
-every turn of a conversation), or the first characters of a completion prompt. The key
+cache holds: the system prompt(s) and the first user message of a chat or a Responses
+input (the same in every turn of a conversation), or the first characters of a
+completion prompt, an embedding input or a native /generate ``text`` / ``input_ids``. The key
 goes through a bounded-load consistent-hash ring (see inferegator.routing_ring), so any
 gateway replica, with no shared state, sends it to the same runtime while loads are
 balanced, and a hot prefix spills over to the next runtime instead of swamping one.
 """
 
-from inferegator.plugin import CHAT, Option, RingPolicy, hookimpl
+from inferegator.plugin import CHAT, GENERATE, RESPONSES, Option, RingPolicy, hookimpl
 
 # A data: URL's tail (or an http URL's) tells images apart without hashing megabytes.
 IMAGE_URL_TAIL = 64
@@ -93,10 +94,22 @@ class CacheAwarePolicy(RingPolicy):
         key = self.header_key(request)
         if key is not None:
             return key
-        body = request.body
-        if request.endpoint == CHAT:
+        body, endpoint = request.body, request.endpoint
+        if endpoint == CHAT:
             return chat_key(body["messages"], self.system_prompt_min_chars, self.key_max_chars)
-        return prompt_key(body.get("prompt"), self.prompt_prefix_chars)
+        if endpoint == RESPONSES:
+            items = body["input"]
+            if isinstance(items, str):
+                items = [{"role": "user", "content": items}]
+            instructions = body.get("instructions")
+            if isinstance(instructions, str):
+                items = [{"role": "system", "content": instructions}, *items]
+            return chat_key(items, self.system_prompt_min_chars, self.key_max_chars)
+        if endpoint == GENERATE:
+            prompt = body.get("text") if body.get("text") is not None else body.get("input_ids")
+            return prompt_key(prompt, self.prompt_prefix_chars)
+        # completions' prompt, embeddings' input
+        return prompt_key(body.get("prompt", body.get("input")), self.prompt_prefix_chars)
 
     def order(self, request, candidates):
         return self.order_by_key(self.routing_key(request), candidates)

@@ -7,13 +7,24 @@ a backend type maps to its own URL (``BackendAdapter.endpoint_url``).
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .relay import ResponsesRelay, SSERelay, fix_completion, fix_embeddings, fix_response
+from .relay import (
+    GenerateRelay,
+    ResponsesRelay,
+    SSERelay,
+    fix_completion,
+    fix_embeddings,
+    fix_response,
+    rewrite_json,
+    rewrite_native,
+)
 from .request import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
+    GENERATE,
     RESPONSES,
     parse_embeddings,
+    parse_generate,
     parse_generation,
     parse_responses,
 )
@@ -28,17 +39,22 @@ class Endpoint:
     parse: Callable  # (GatewayRequest, body) -> GatewayRequest; 400 naming the bad field
     prompt_param: str  # the field the prompt estimate comes from (named by context errors)
     max_tokens_param: str | None  # the field bounding the output; None: nothing generated
-    fix_answer: Callable  # (answer dict, GatewayRequest): a JSON answer as OpenAI writes it
+    fix_answer: Callable | None  # (answer, GatewayRequest): a JSON answer as OpenAI writes it
     stream_relay: type | None = None  # the relay of its SSE stream; None: never streamed
     stream_usage_option: bool = False  # streams carry usage only if stream_options asks
+    rewrite: Callable = rewrite_json  # (bytes, public model, edit, fix, request) -> answer
+    names_model: bool = True  # the body's model is the backend's (SGLang's /generate has none)
 
     def upstream_body(self, greq) -> dict:
         """The body sent upstream: the client's, with the usage chunk asked for in streams
-        that carry one only on request (the gateway meters every request)."""
+        that carry one only on request (the gateway meters every request), and without
+        the gateway's model field where the backend's route has none."""
         body = dict(greq.body)
         if greq.stream and self.stream_usage_option:
             body["stream_options"] = {**(greq.body.get("stream_options") or {}),
                                       "include_usage": True}
+        if not self.names_model:
+            body.pop("model", None)
         return body
 
 
@@ -50,4 +66,6 @@ ENDPOINTS = {e.name: e for e in (
     Endpoint(EMBEDDINGS, "/v1/embeddings", parse_embeddings, "input", None, fix_embeddings),
     Endpoint(RESPONSES, "/v1/responses", parse_responses, "input", "max_output_tokens",
              fix_response, ResponsesRelay),
+    Endpoint(GENERATE, "/generate", parse_generate, "text", "sampling_params.max_new_tokens",
+             None, GenerateRelay, rewrite=rewrite_native, names_model=False),
 )}

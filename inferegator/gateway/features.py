@@ -11,7 +11,7 @@ tool_choice, response_format); every other field still passes through untouched.
 import re
 
 from ..errors import invalid_request, shown
-from .request import CHAT, COMPLETIONS, RESPONSES
+from .request import CHAT, COMPLETIONS, GENERATE, RESPONSES
 
 MAX_STOPS = 64  # stop sequences per request (OpenAI allows 4; SGLang and vLLM any number)
 MAX_TOOLS = 512
@@ -172,6 +172,8 @@ def check_features(endpoint: str, body: dict) -> list[tuple[str, str, str]]:
     """Validate the sampling and feature fields of a generation body (400 naming the field)
     and return what it needs: (capability, param, what) for each capability."""
     needs = []
+    if body.get("stream") is True and endpoint in (CHAT, COMPLETIONS, RESPONSES, GENERATE):
+        needs.append(("streaming", "stream", "streaming"))
     if endpoint not in (CHAT, COMPLETIONS, RESPONSES):
         return needs
     _number(body, "temperature", 0, 2)
@@ -179,8 +181,6 @@ def check_features(endpoint: str, body: dict) -> list[tuple[str, str, str]]:
     _number(body, "frequency_penalty", -2, 2)
     _number(body, "presence_penalty", -2, 2)
     _integer(body, "seed", -2 ** 63, 2 ** 64 - 1)
-    if body.get("stream"):
-        needs.append(("streaming", "stream", "streaming"))
     nested = endpoint != RESPONSES
     if body.get("tools") is not None or body.get("tool_choice") is not None:
         names = [] if body.get("tools") is None else _tool_names(body["tools"], nested)

@@ -40,7 +40,6 @@ from ..outcome import RequestOutcome
 from ..serving.disconnect import ClientDisconnected, ClientWatch
 from .endpoints import ENDPOINTS
 from .features import check_features
-from .relay import rewrite_json
 from .request import GatewayRequest, request_id
 
 log = logging.getLogger("inferegator.gateway")
@@ -198,7 +197,8 @@ class Pipeline:
         backend = lease.backend
         watch.arm(backend.total_timeout_s,
                   UpstreamFault(upstream_timeout(backend.total_timeout_s)))
-        body["model"] = backend.upstream_model
+        if ENDPOINTS[greq.endpoint].names_model:
+            body["model"] = backend.upstream_model
         if greq.stream and backend.supports_continuous_usage and "stream_options" in body:
             body["stream_options"]["continuous_usage_stats"] = True
         self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
@@ -247,9 +247,10 @@ class Pipeline:
                 parts.append(data)
             watch.waiting = False
             after = self.after_upstream
-            return rewrite_json(b"".join(parts), model.id, None if after is None else (
+            endpoint = ENDPOINTS[greq.endpoint]
+            return endpoint.rewrite(b"".join(parts), model.id, None if after is None else (
                 lambda answer: after(gateway=self.gateway, request=greq, backend=backend,
-                                     answer=answer)), ENDPOINTS[greq.endpoint].fix_answer, greq)
+                                     answer=answer)), endpoint.fix_answer, greq)
         except UpstreamFault as fault:
             lease.failed()
             raise fault.error from None

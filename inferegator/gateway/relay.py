@@ -63,6 +63,40 @@ def rewrite_json(content: bytes, public_model: str, edit=None, fix=None,
     return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
 
 
+def rewrite_native(content: bytes, public_model: str, edit=None, fix=None,
+                   request=None) -> tuple[bytes, Usage | None]:
+    """A native /generate answer (one result, or a list for a batch or n > 1): it names no
+    model; usage is the sum of each result's meta_info."""
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        raise _malformed("an answer that is not JSON") from None
+    results = body if isinstance(body, list) else [body]
+    if not results or not all(isinstance(r, dict) for r in results):
+        raise _malformed("an answer that is not a JSON object or a list of them")
+    if edit is not None:
+        edit(body)
+    return json.dumps(body, separators=(",", ":")).encode(), native_usage(
+        r.get("meta_info") for r in results)
+
+
+def native_usage(metas) -> Usage | None:
+    """The summed usage of SGLang meta_info objects (prompt_tokens, completion_tokens,
+    cached_tokens); None if any is not one."""
+    prompt = completion = cached = 0
+    for meta in metas:
+        usage = Usage.from_upstream({
+            "prompt_tokens": meta.get("prompt_tokens"),
+            "completion_tokens": meta.get("completion_tokens"),
+            "prompt_tokens_details": {"cached_tokens": meta.get("cached_tokens")},
+        }) if isinstance(meta, dict) else None
+        if usage is None:
+            return None
+        prompt, completion = prompt + usage.prompt_tokens, completion + usage.completion_tokens
+        cached += usage.cached_tokens
+    return Usage(prompt, completion, cached)
+
+
 def fix_completion(body: dict, request) -> None:
     """A chat or text completion as OpenAI writes it."""
     body.pop("metadata", None)  # SGLang's weight_version, not part of OpenAI's object
@@ -220,6 +254,53 @@ class SSERelay(_EventStream):
 
     def error_event(self, error: GatewayError) -> bytes:
         """A failure after the stream started, as this kind of stream reports one."""
+        return error.sse_event()
+
+
+class GenerateRelay(_EventStream):
+    """Turns SGLang's native /generate stream (``data: {text, output_ids, meta_info}``
+    events, cumulative, one per step and choice, then ``data: [DONE]``) into the events to
+    send: passed on as they came; each choice's latest meta_info is its running usage, so
+    a stream cut short is still metered exactly."""
+
+    __slots__ = ("_meta", "text_events", "prompt_estimate")
+
+    def __init__(self, upstream_model: str, public_model: str, include_usage: bool = True,
+                 strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
+                 prompt_estimate: int = 0):
+        super().__init__(max_event_bytes)
+        self.prompt_estimate = prompt_estimate
+        self.text_events = 0
+        self._meta = {}  # choice index -> its latest meta_info
+
+    def _event(self, event: bytes) -> bytes | None:
+        if event.startswith(_DONE):
+            self.done = True
+            return event
+        if event.startswith(b'data: {"error"'):
+            self.error = _upstream_error(event[len(b"data: "):])
+            return self.error.sse_event()
+        if event.startswith(b"data:"):
+            try:
+                result = json.loads(event[5:])
+            except (ValueError, RecursionError):
+                raise _malformed("an event that is not JSON") from None
+            if isinstance(result, dict) and isinstance(result.get("meta_info"), dict):
+                self._meta[result.get("index", 0)] = result["meta_info"]
+            self.text_events += 1
+        return event
+
+    @property
+    def usage(self) -> Usage | None:
+        """The sum of each choice's latest meta_info, else the prompt estimate and one
+        token per event relayed."""
+        if self._meta:
+            return native_usage(self._meta.values())
+        if self.text_events or self.prompt_estimate:
+            return Usage(self.prompt_estimate, self.text_events)
+        return None
+
+    def error_event(self, error: GatewayError) -> bytes:
         return error.sse_event()
 
 

@@ -18,6 +18,7 @@ CHAT = "chat"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
 RESPONSES = "responses"
+GENERATE = "generate"  # SGLang's native /generate
 MAX_MODEL_ID = 256  # characters; longer ids are refused, never stored or echoed
 MAX_TOKENS = 2 ** 31 - 1  # what the limiter's stores and the ledger's INTEGER columns hold
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -49,7 +50,7 @@ class GatewayRequest(ClientRequest):
     """One generation request from arrival to finish: created before authentication,
     its body fields filled in by ``parse_generation``."""
 
-    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS or RESPONSES
+    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES or a native route (GENERATE)
     http: object  # the falcon.Request: headers (http.get_header), WSGI environ
     request_id: str
     started: float = field(default_factory=time.perf_counter)
@@ -68,16 +69,19 @@ class GatewayRequest(ClientRequest):
     plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
 
 
-def _int(body, name, minimum, maximum=MAX_TOKENS):
+def _int(body, name, minimum, maximum=MAX_TOKENS, within=""):
+    """body[name] as an integer in [minimum, maximum], or None; ``within`` prefixes the
+    param of an error (``sampling_params.``)."""
     value = body.get(name)
     if value is None:
         return None
+    param = within + name
     if not isinstance(value, int) or isinstance(value, bool):
-        raise invalid_request(f"Invalid type for '{name}': expected an integer, got "
-                              f"{type(value).__name__}.", name, "invalid_type")
+        raise invalid_request(f"Invalid type for '{param}': expected an integer, got "
+                              f"{type(value).__name__}.", param, "invalid_type")
     if not minimum <= value <= maximum:
-        raise invalid_request(f"Invalid value for '{name}': must be between {minimum} and "
-                              f"{maximum}.", name, "invalid_value")
+        raise invalid_request(f"Invalid value for '{param}': must be between {minimum} and "
+                              f"{maximum}.", param, "invalid_value")
     return value
 
 
@@ -287,4 +291,36 @@ def parse_responses(greq: GatewayRequest, body: dict) -> GatewayRequest:
     greq.stream, _ = _check_stream(body, chat_options=False)
     greq.max_tokens = _int(body, "max_output_tokens", 1)
     greq.body, greq.prompt_estimate = body, estimate
+    return greq
+
+
+SGLANG_MAX_NEW_TOKENS = 128  # what SGLang generates when sampling_params sets no bound
+
+
+def parse_generate(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate SGLang's native /generate body into greq: ``model`` (the gateway's public
+    id; SGLang's /generate has no such field, so it is not sent upstream), ``text`` or
+    ``input_ids`` (one prompt or a batch), ``sampling_params`` (``max_new_tokens``, ``n``)
+    and ``stream``."""
+    greq.model_id = _check_model(body)
+    text, ids = body.get("text"), body.get("input_ids")
+    if (text is None) == (ids is None):
+        raise invalid_request("Exactly one of 'text' and 'input_ids' is required.", "text",
+                              "missing_required_parameter")
+    param, prompt = ("text", text) if text is not None else ("input_ids", ids)
+    greq.prompt_estimate = _check_prompt(prompt, param)
+    prompts = prompt_count(prompt)
+    if prompts > 1:
+        greq.longest_prompt = max(_check_prompt(p, param) for p in prompt)
+    params = body.get("sampling_params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise invalid_request("Invalid type for 'sampling_params': expected an object.",
+                              "sampling_params", "invalid_type")
+    max_new = _int(params, "max_new_tokens", 0, within="sampling_params.")
+    greq.max_tokens = SGLANG_MAX_NEW_TOKENS if max_new is None else max_new
+    greq.n = (_int(params, "n", 1, 128, within="sampling_params.") or 1) * prompts
+    greq.stream, _ = _check_stream(body, chat_options=False)
+    greq.body = body
     return greq
