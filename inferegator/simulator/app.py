@@ -21,7 +21,9 @@ from .protocol import (
     text_completion,
 )
 from .requests_in import parse_chat, parse_completion, parse_generate, parse_json
+from .rerank import RERANKER_MODEL_INFO, Rerank
 from .responses import Responses
+from .score import Score
 
 log = logging.getLogger("inferegator.sim")
 SGLANG_VERSION = "0.5.23"  # the SGLang release whose HTTP surface this simulates
@@ -281,6 +283,8 @@ def create_app(settings, clock=time.time) -> falcon.App:
     app.add_route("/health", health)
     app.add_route("/health_generate", health)
     model_info = ModelInfo(settings)
+    if settings.is_reranker:
+        model_info.body.update(RERANKER_MODEL_INFO)
     app.add_route("/model_info", model_info)
     app.add_route("/get_model_info", model_info)
     server_info = ServerInfo(settings, engine)
@@ -296,6 +300,8 @@ def create_app(settings, clock=time.time) -> falcon.App:
     app.add_route("/flush_cache", FlushCache(engine))
     app.add_route("/abort_request", AbortRequest(engine))
     app.add_route("/v1/embeddings", Embeddings(runner, settings))
+    app.add_route("/v1/rerank", Rerank(runner, settings))
+    app.add_route("/v1/score", Score(runner, settings))
     if settings.is_embedding:
         app.add_route("/v1/chat/completions", TextlessGeneration(runner, parse_chat))
         app.add_route("/v1/completions", TextlessGeneration(runner, parse_completion))

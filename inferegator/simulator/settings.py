@@ -48,6 +48,10 @@ class SimSettings:
                                    "accepts dimensions <= --embedding-dim (truncated, then "
                                    "renormalized). Without it SGLang refuses dimensions.",
                             "embedding")
+    is_reranker: bool = _opt(False, "Serve a cross-encoder reranker (a *ForSequenceClassification "
+                                    "model, which SGLang serves as a non-generation model; "
+                                    "implies --is-embedding): /v1/rerank scores documents by the "
+                                    "query words they share.", "embedding")
 
     fault_seed: int = _opt(0, "Seed for fault injection: the same seed and request order give "
                               "the same faults.", "faults")
@@ -61,6 +65,10 @@ class SimSettings:
                                        "dropped mid-answer (mid-stream for streams).", "faults")
     slow_start_s: float = _opt(0.0, "Answer 503 on /health and inference endpoints for this "
                                     "many seconds after start.", "faults")
+
+    def __post_init__(self):
+        if self.is_reranker:  # SGLang tells a reranker from its architecture, flag or not
+            object.__setattr__(self, "is_embedding", True)
 
     @property
     def fault_rates(self):
