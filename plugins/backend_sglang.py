@@ -6,7 +6,7 @@ from inferegator.plugin import BackendAdapter, hookimpl
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
           "embeddings": "/v1/embeddings", "responses": "/v1/responses",
-          "generate": "/generate"}
+          "generate": "/generate", "rerank": "/v1/rerank", "score": "/v1/score"}
 
 
 class SGLangBackend(BackendAdapter):

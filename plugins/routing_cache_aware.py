@@ -108,6 +108,8 @@ class CacheAwarePolicy(RingPolicy):
         if endpoint == GENERATE:
             prompt = body.get("text") if body.get("text") is not None else body.get("input_ids")
             return prompt_key(prompt, self.prompt_prefix_chars)
+        if "query" in body:  # rerank, score: the query is the shared prefix
+            return prompt_key(body["query"], self.prompt_prefix_chars)
         # completions' prompt, embeddings' input
         return prompt_key(body.get("prompt", body.get("input")), self.prompt_prefix_chars)
 

@@ -171,3 +171,89 @@ def test_the_openai_sdk_is_unaffected(gateway):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0)
     assert client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4).choices
+
+
+# ---------------------------------------------------------------- /v1/rerank and /v1/score
+
+RERANKER = "acme/sim-rerank"
+
+
+@pytest.fixture(scope="module")
+def scoring(tmp_path_factory):
+    """A gateway with a reranker model and a chat model that also serves /v1/score."""
+    reranker = Simulator("--instant", "--is-reranker", model="sim-rerank")
+    chat = Simulator("--instant")
+    text = gateway_yaml([chat], capabilities=NATIVE + ("score",)) + "\n".join([
+        f"  - id: {RERANKER}", "    pricing: {prompt: 0.5, completion: 0}",
+        "    capabilities: [rerank]", "    backends:",
+        f"      - {{type: sglang, url: '{reranker.url}', model: sim-rerank}}"]) + "\n"
+    server = launch_gateway(tmp_path_factory.mktemp("gw"), text)
+    yield server
+    server.stop()
+    reranker.stop()
+    chat.stop()
+
+
+def post(gateway, path, body, key=None):
+    return requests.post(gateway.url + path, json=body, timeout=10,
+                         headers={"Authorization": f"Bearer {key or gateway.key}"})
+
+
+DOCUMENTS = ["Paris is the capital of France.", "Bananas are yellow.",
+             "The capital of Germany is Berlin.", "France borders Spain."]
+
+
+def test_rerank_orders_documents_and_bills_every_pair_even_with_top_n(scoring):
+    every = post(scoring, "/v1/rerank", {"model": RERANKER, "query": "capital of France",
+                                         "documents": DOCUMENTS})
+    assert every.status_code == 200, every.text
+    results = every.json()
+    assert [r["index"] for r in results][0] == 0  # the best match first
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results),
+                                                   reverse=True)
+    all_pairs = sum(r["meta_info"]["prompt_tokens"] for r in results)
+    top = post(scoring, "/v1/rerank", {"model": RERANKER, "query": "capital of France",
+                                       "documents": DOCUMENTS, "top_n": 2})
+    assert [r["index"] for r in top.json()] == [r["index"] for r in results[:2]]
+    for resp in (every, top):  # the runtime scored every pair either way
+        row = ledger_row(scoring, resp.headers["x-request-id"])
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (all_pairs, 0)
+        assert row["cost_usd"] == pytest.approx(all_pairs * 0.5 / 1e6)
+
+
+def test_score_returns_label_probabilities_and_is_metered(scoring):
+    resp = post(scoring, "/v1/score", {"model": MODEL, "query": "Is this good? ",
+                                       "items": ["Yes", "No"], "label_token_ids": [1, 2],
+                                       "apply_softmax": True})
+    assert resp.status_code == 200, resp.text
+    answer = resp.json()
+    assert answer["model"] == MODEL and answer["object"] == "scoring"
+    assert len(answer["scores"]) == 2
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-5) for row in answer["scores"])
+    row = ledger_row(scoring, resp.headers["x-request-id"])
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        answer["usage"]["prompt_tokens"], 0)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/rerank", {"model": RERANKER, "documents": ["a"]}, "query"),
+    ("/v1/rerank", {"model": RERANKER, "query": "q", "documents": []}, "documents"),
+    ("/v1/rerank", {"model": RERANKER, "query": "q", "documents": ["a", 3]}, "documents[1]"),
+    ("/v1/rerank", {"model": RERANKER, "query": "q", "documents": ["a"], "top_n": 0},
+     "top_n"),
+    ("/v1/score", {"model": MODEL, "query": "q", "items": [], "label_token_ids": [1]},
+     "items"),
+    ("/v1/score", {"model": MODEL, "query": "q", "items": ["a"]}, "label_token_ids"),
+])
+def test_bad_rerank_and_score_bodies_get_the_gateways_400(scoring, path, body, param):
+    resp = post(scoring, path, body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == param
+
+
+def test_each_route_only_for_models_that_declare_it(scoring):
+    assert post(scoring, "/v1/rerank", {"model": MODEL, "query": "q",
+                                        "documents": ["a"]}).status_code == 404
+    assert post(scoring, "/v1/score", {"model": RERANKER, "query": "q", "items": ["a"],
+                                       "label_token_ids": [1]}).status_code == 404
+    assert requests.post(scoring.url + "/v1/rerank", json={}, timeout=10).status_code == 401

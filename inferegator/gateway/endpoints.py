@@ -13,6 +13,8 @@ from .relay import (
     SSERelay,
     fix_completion,
     fix_embeddings,
+    fix_nothing,
+    fix_rerank,
     fix_response,
     rewrite_json,
     rewrite_native,
@@ -22,11 +24,15 @@ from .request import (
     COMPLETIONS,
     EMBEDDINGS,
     GENERATE,
+    RERANK,
     RESPONSES,
+    SCORE,
     parse_embeddings,
     parse_generate,
     parse_generation,
+    parse_rerank,
     parse_responses,
+    parse_score,
 )
 
 
@@ -44,6 +50,7 @@ class Endpoint:
     stream_usage_option: bool = False  # streams carry usage only if stream_options asks
     rewrite: Callable = rewrite_json  # (bytes, public model, edit, fix, request) -> answer
     names_model: bool = True  # the body's model is the backend's (SGLang's /generate has none)
+    gateway_fields: tuple = ()  # fields the gateway applies itself, not sent upstream
 
     def upstream_body(self, greq) -> dict:
         """The body sent upstream: the client's, with the usage chunk asked for in streams
@@ -55,6 +62,8 @@ class Endpoint:
                                       "include_usage": True}
         if not self.names_model:
             body.pop("model", None)
+        for name in self.gateway_fields:
+            body.pop(name, None)
         return body
 
 
@@ -68,4 +77,7 @@ ENDPOINTS = {e.name: e for e in (
              fix_response, ResponsesRelay),
     Endpoint(GENERATE, "/generate", parse_generate, "text", "sampling_params.max_new_tokens",
              None, GenerateRelay, rewrite=rewrite_native, names_model=False),
+    Endpoint(RERANK, "/v1/rerank", parse_rerank, "documents", None, fix_rerank,
+             rewrite=rewrite_native, names_model=False, gateway_fields=("top_n",)),
+    Endpoint(SCORE, "/v1/score", parse_score, "items", None, fix_nothing),
 )}

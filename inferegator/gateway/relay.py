@@ -74,10 +74,20 @@ def rewrite_native(content: bytes, public_model: str, edit=None, fix=None,
     results = body if isinstance(body, list) else [body]
     if not results or not all(isinstance(r, dict) for r in results):
         raise _malformed("an answer that is not a JSON object or a list of them")
+    usage = native_usage(r.get("meta_info") for r in results)
+    if fix is not None:
+        body = fix(body, request)
     if edit is not None:
         edit(body)
-    return json.dumps(body, separators=(",", ":")).encode(), native_usage(
-        r.get("meta_info") for r in results)
+    return json.dumps(body, separators=(",", ":")).encode(), usage
+
+
+def fix_rerank(results: list, request) -> list:
+    """The client's top_n, applied here: the gateway asks the runtime for every document,
+    since SGLang reports a pair's tokens only on the results it returns (and the runtime
+    scored them all)."""
+    top_n = request.body.get("top_n") if request is not None else None
+    return results[:top_n] if isinstance(top_n, int) else results
 
 
 def native_usage(metas) -> Usage | None:
@@ -87,7 +97,7 @@ def native_usage(metas) -> Usage | None:
     for meta in metas:
         usage = Usage.from_upstream({
             "prompt_tokens": meta.get("prompt_tokens"),
-            "completion_tokens": meta.get("completion_tokens"),
+            "completion_tokens": meta.get("completion_tokens", 0),  # a rerank has none
             "prompt_tokens_details": {"cached_tokens": meta.get("cached_tokens")},
         }) if isinstance(meta, dict) else None
         if usage is None:
@@ -119,6 +129,10 @@ def fix_embeddings(body: dict, request) -> None:
         if isinstance(vector, list) and all(type(v) in (float, int) for v in vector):
             item["embedding"] = base64.b64encode(
                 struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def fix_nothing(body: dict, request=None) -> None:
+    """An answer that needs nothing beyond the model id and usage (SGLang's /v1/score)."""
 
 
 def fix_response(body: dict, request=None) -> None:

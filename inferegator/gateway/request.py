@@ -19,6 +19,8 @@ COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
 RESPONSES = "responses"
 GENERATE = "generate"  # SGLang's native /generate
+RERANK = "rerank"  # SGLang's /v1/rerank (cross-encoder rerankers)
+SCORE = "score"  # SGLang's /v1/score (label-token probabilities)
 MAX_MODEL_ID = 256  # characters; longer ids are refused, never stored or echoed
 MAX_TOKENS = 2 ** 31 - 1  # what the limiter's stores and the ledger's INTEGER columns hold
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -323,4 +325,54 @@ def parse_generate(greq: GatewayRequest, body: dict) -> GatewayRequest:
     greq.n = (_int(params, "n", 1, 128, within="sampling_params.") or 1) * prompts
     greq.stream, _ = _check_stream(body, chat_options=False)
     greq.body = body
+    return greq
+
+
+def _query_chars(query, param: str) -> int:
+    """A rerank query or document: a string or a list of content parts; its characters."""
+    if isinstance(query, str) and query.strip():
+        return len(query)
+    if isinstance(query, list) and query and all(isinstance(p, dict) for p in query):
+        return sum(_part_chars(p) for p in query)
+    raise invalid_request(f"Invalid value for '{param}': expected a non-empty string or an "
+                          "array of content parts.", param, "invalid_value")
+
+
+def parse_rerank(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate SGLang's /v1/rerank body into greq: ``model`` (the gateway's; not sent),
+    ``query``, ``documents`` and ``top_n``; each (query, document) pair is one prompt."""
+    greq.model_id = _check_model(body)
+    query = _query_chars(body.get("query"), "query")
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise invalid_request("Invalid value for 'documents': expected a non-empty array.",
+                              "documents", "invalid_value")
+    chars = [_query_chars(d, f"documents[{i}]") for i, d in enumerate(documents)]
+    _int(body, "top_n", 1)
+    greq.prompt_estimate = sum((query + c) // 4 + 2 for c in chars)
+    greq.body, greq.generates = body, False
+    return greq
+
+
+def parse_score(greq: GatewayRequest, body: dict) -> GatewayRequest:
+    """Validate SGLang's /v1/score body into greq: ``query`` and ``items`` (text or token
+    ids) and ``label_token_ids``; each (query, item) pair is one prompt, nothing is
+    generated."""
+    greq.model_id = _check_model(body)
+    query = _check_prompt(body.get("query"), "query")
+    items = body.get("items")
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise invalid_request("Invalid value for 'items': expected a string or a non-empty "
+                              "array.", "items", "invalid_value")
+    estimates = [_check_prompt(item, f"items[{i}]") for i, item in enumerate(items)]
+    labels = body.get("label_token_ids")
+    if not isinstance(labels, list) or not labels or not (
+            _token_ids(labels) or all(isinstance(x, list) and _token_ids(x) for x in labels)):
+        raise invalid_request("Invalid value for 'label_token_ids': expected an array of "
+                              "token ids (or one per item).", "label_token_ids",
+                              "invalid_value")
+    greq.prompt_estimate = sum(query + e for e in estimates)
+    greq.body, greq.generates = body, False
     return greq
