@@ -25,7 +25,8 @@ from tests.support.processes import free_port, wait_until
 # Source: sgl-project/sglang, python/sglang/srt/server_args.py at commit
 # 001067fffe33427bee0ed2f007fb7551a1d76b44. There, ServerArgs declares the fields model_path
 # (alias --model), served_model_name, host, port, tp_size (alias --tensor-parallel-size),
-# context_length, mem_fraction_static, max_running_requests, page_size and is_embedding; each
+# context_length, mem_fraction_static, max_running_requests, page_size, is_embedding,
+# tool_call_parser and reasoning_parser; each
 # field's flag is "--" + its name with "_" turned into "-" (_field_to_cli_name in
 # python/sglang/srt/arg_groups/arg_utils.py at 0116c6066d6ead4b97c0468f65e04cad47ca021e).
 # An older server_args.py (469c63e54e7d94591617ef9590c6aa26d54dc1bb) spells --model-path,
@@ -41,6 +42,8 @@ SGLANG_DOCUMENTED_FLAGS = {
     "--max-running-requests",
     "--page-size",
     "--is-embedding",
+    "--tool-call-parser",
+    "--reasoning-parser",
 }
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -268,6 +271,10 @@ def test_simulator_launcher_serves_the_model_path_without_a_served_name():
     args, ignored = launch_server.sim_arguments(["--model", "org/embed", "--is-embedding"],
                                                 environ={})
     assert args.is_embedding is True and ignored == []
+    args, ignored = launch_server.sim_arguments(
+        ["--model", "org/qwen", "--tool-call-parser", "qwen25", "--reasoning-parser", "qwen3"],
+        environ={})
+    assert (args.tool_call_parser, args.reasoning_parser, ignored) == ("qwen25", "qwen3", [])
     assert args.handler is launch_server.command.run  # `inferegator sim`'s own start
 
 

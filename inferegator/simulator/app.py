@@ -13,11 +13,13 @@ from .engine import Engine
 from .faults import FaultInjector
 from .generation import GenerationRunner, native_result
 from .protocol import (
+    SSE_DONE,
     ChatChunks,
     CompletionChunks,
     SGLangError,
     chat_completion,
     model_card,
+    sse_error,
     text_completion,
 )
 from .requests_in import parse_chat, parse_completion, parse_generate, parse_json
@@ -71,6 +73,8 @@ class ServerInfo:
             "max_prefill_tokens": 16384, "chunked_prefill_size": 8192,
             "enable_metrics": True, "disaggregation_mode": "null", "weight_version": "default",
             "skip_tokenizer_init": False, "is_embedding": s.is_embedding,
+            "tool_call_parser": None if s.tool_call_parser == "none" else s.tool_call_parser,
+            "reasoning_parser": s.reasoning_parser,
         }
         resp.media = {
             **args, "status": "ready", "max_total_num_tokens": s.cache_capacity_tokens,
@@ -207,7 +211,18 @@ class OpenAIGeneration:
         self.chunk_builder = chunk_builder
 
     def on_post(self, req, resp):
-        call = self.parse(parse_json(req.bounded_stream.read()))
+        call = self.parse(parse_json(req.bounded_stream.read()), self.runner.engine.settings)
+        if call.features.refusal is not None:
+            # The grammar backend refuses the request once it reaches the scheduler: a JSON
+            # answer is a 400, a stream an error event (serving_chat / serving_completions).
+            self.runner.check_started()
+            self.runner.check_fits(call)
+            if not call.stream:
+                raise SGLangError(400, call.features.refusal)
+            resp.content_type = "text/event-stream"
+            resp.set_headers(SSE_HEADERS)
+            resp.stream = iter((sse_error(call.features.refusal), SSE_DONE))
+            return
         reqs, fault, stop = self.runner.start(call, req.env)
         if not reqs:
             return
@@ -215,11 +230,12 @@ class OpenAIGeneration:
         if call.stream:
             resp.content_type = "text/event-stream"
             resp.set_headers(SSE_HEADERS)
-            resp.stream = self.runner.stream(reqs, fault, stop, self.chunk_builder(rid, call.model),
-                                             call, req.env)
+            resp.stream = self.runner.stream(
+                reqs, fault, stop, self.chunk_builder(rid, call.model, call.features), call,
+                req.env)
             return
         self.runner.run_to_end(reqs, stop)
-        resp.media = self.render(rid, call.model, reqs, len(call.params))
+        resp.media = self.render(rid, call.model, reqs, len(call.params), call.features)
 
 
 class Generate:
@@ -230,6 +246,10 @@ class Generate:
 
     def on_post(self, req, resp):
         call = parse_generate(parse_json(req.bounded_stream.read()))
+        if call.features.refusal is not None:
+            self.runner.check_started()
+            self.runner.check_fits(call)
+            raise SGLangError(400, call.features.refusal)
         reqs, fault, stop = self.runner.start(call, req.env)
         if not reqs:
             return

@@ -36,6 +36,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int = 0
     ignore_eos: bool = False
+    output: object = None  # an outputs.OutputPlan when the answer is not just free text
 
 
 @dataclass(eq=False)
@@ -51,6 +52,8 @@ class SimRequest:
     finished: float = 0.0
     cached_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)  # the text of each output token
+    think_tokens: int = 0  # tokens of the thinking block, when the model thinks first
     text: str = ""
     finish_reason: dict | None = None
     aborted: Event = field(default_factory=Event)
@@ -64,6 +67,11 @@ class SimRequest:
     def completion_tokens(self) -> int:
         return len(self.output_ids)
 
+    @property
+    def reasoning_tokens(self) -> int:
+        """Generated tokens up to and including the end of the thinking (SGLang's count)."""
+        return min(self.think_tokens, len(self.output_ids))
+
     def meta_info(self) -> dict:
         """SGLang's meta_info, plus the simulator's own timestamps (wall clock, seconds)."""
         return {
@@ -71,6 +79,7 @@ class SimRequest:
             "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cached_tokens": self.cached_tokens,
             "e2e_latency": round(self.finished - self.arrived, 6) if self.finished else None,
             "sim_timestamps": {"arrived": self.arrived, "scheduled": self.scheduled,
@@ -226,8 +235,15 @@ class Engine:
         limit = p.max_new_tokens
         if limit is None:
             limit = s.context_length - req.prompt_tokens
-        gen = TextGenerator(req.prompt_ids, p.seed, s.output_tokens_min, s.output_tokens_max)
-        eos_at = None if p.ignore_eos else gen.natural_length
+        if p.output is None:
+            gen = TextGenerator(req.prompt_ids, p.seed, s.output_tokens_min,
+                                s.output_tokens_max)
+        else:
+            gen = p.output.source(req.prompt_ids, p.seed, s.output_tokens_min,
+                                  s.output_tokens_max, p.ignore_eos)
+            req.think_tokens = gen.think_tokens
+        forced_end = getattr(gen, "forced_end", False)  # a finished structure ends it
+        eos_at = None if p.ignore_eos and not forced_end else gen.natural_length
         full = visible = ""
         previous = req.scheduled
         while True:
@@ -241,6 +257,7 @@ class Engine:
                         * (1.0 + s.decode_batch_slope * (len(self.running) - 1)))
             text, tid = gen.next_token()
             req.output_ids.append(tid)
+            req.token_texts.append(text)
             now = self.clock()
             if req.first_token:
                 self.histograms["inter_token_latency_seconds"].observe(now - previous)

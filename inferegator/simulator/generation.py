@@ -158,9 +158,12 @@ class GenerationRunner:
     def stream(self, reqs, fault, stop_watching, chunks, call, environ):
         """SSE events of an OpenAI-style stream: role, content deltas, finish, usage, [DONE].
 
-        With continuous usage every content chunk carries the call's running usage.
+        Each generated token's delta goes to chunks.step (which parses reasoning and tool
+        calls and attaches logprobs); with continuous usage every chunk carries the call's
+        running usage.
         """
         n = len(call.params)
+        running = (lambda: usage(reqs, n)) if call.continuous_usage else None
         try:
             started = [False] * len(reqs)
             for index, delta in self.deltas(reqs, fault, environ):
@@ -170,10 +173,9 @@ class GenerationRunner:
                     if first:
                         yield first
                 if delta is None:
-                    yield chunks.finish(index, reqs[index])
-                elif delta:
-                    yield chunks.content(index, delta,
-                                         usage(reqs, n) if call.continuous_usage else None)
+                    yield from chunks.finish(index, reqs[index])
+                else:
+                    yield from chunks.step(index, reqs[index], delta, running)
             if call.include_usage:
                 yield chunks.usage(reqs, n)
             yield SSE_DONE

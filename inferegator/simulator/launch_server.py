@@ -9,6 +9,8 @@ GPU by setting ``launcher_module: inferegator.simulator.launch_server``:
 - ``--host``, ``--port``, ``--context-length``, ``--max-running-requests``, ``--page-size``:
   the simulator's settings of the same names;
 - ``--is-embedding``: serve an embedding model, as ``inferegator sim --is-embedding``;
+- ``--tool-call-parser`` and ``--reasoning-parser``: the simulator's settings of the same
+  names (the families it models);
 - ``--tp-size`` (``--tensor-parallel-size``) and ``--mem-fraction-static``: accepted, no effect.
 
 Any other flag is accepted and ignored with a note on stderr. Simulator-only settings (timing,
@@ -26,7 +28,7 @@ from . import command
 SIM_ARGS_ENV = "INFEREGATOR_SIM_ARGS"
 # The SGLang flags mapped onto a simulator setting of the same name.
 _SHARED = ("host", "port", "context_length", "max_running_requests", "page_size",
-           "is_embedding")
+           "is_embedding", "tool_call_parser", "reasoning_parser")
 
 
 def sglang_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,8 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--page-size", type=int, help="tokens per prefix-cache page")
     parser.add_argument("--is-embedding", action="store_true", default=None,
                         help="serve an embedding model (/v1/embeddings)")
+    parser.add_argument("--tool-call-parser", help="parse tool calls in this family's format")
+    parser.add_argument("--reasoning-parser", help="think first; split off reasoning_content")
     parser.add_argument("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int,
                         help="accepted; the simulator has no GPUs to split a model over")
     parser.add_argument("--mem-fraction-static", type=float,

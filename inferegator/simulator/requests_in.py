@@ -1,13 +1,14 @@
 """Parse and validate the bodies of the simulator's generation endpoints.
 
-Only what the simulator acts on is checked; every other field (top_k, regex,
-json_schema, separate_reasoning, ...) is accepted and ignored, as SGLang's own
-sampling does not change the shape of an answer.
+Only what the simulator acts on is checked; every other field (top_k, temperature, ...)
+is accepted and ignored, as SGLang's own sampling does not change the shape of an answer.
+Tools, structured outputs, logprobs and reasoning are read by features.py.
 """
 
 import json
 from dataclasses import dataclass
 
+from . import features as extras
 from .engine import SamplingParams
 from .protocol import SGLangError
 from .tokenizer import encode, render_chat
@@ -30,6 +31,7 @@ class GenerationCall:
     continuous_usage: bool
     model: str
     rid: str | None
+    features: extras.Features | None = None  # logprobs, tool calls, reasoning, refusal
 
 
 def parse_json(raw: bytes) -> dict:
@@ -77,30 +79,35 @@ def _positive(value, param: str):
     return value
 
 
-def _samplings(n: int, max_new_tokens, stop, seed, ignore_eos) -> list[SamplingParams]:
+def _samplings(n: int, max_new_tokens, stop, seed, ignore_eos,
+               output=None) -> list[SamplingParams]:
     if n < 1:
         raise SGLangError(400, "n must be at least 1", param="n")
     return [SamplingParams(max_new_tokens=max_new_tokens, stop=stop, seed=seed + i,
-                           ignore_eos=ignore_eos) for i in range(n)]
+                           ignore_eos=ignore_eos, output=output) for i in range(n)]
 
 
-def _openai_common(body: dict, prompts, max_tokens) -> GenerationCall:
+def _openai_common(body: dict, prompts, max_tokens, features=None,
+                   output=None) -> GenerationCall:
     options = get_field(body, "stream_options", dict, {})
     return GenerationCall(
         prompts=prompts,
         params=_samplings(get_field(body, "n", int, 1), max_tokens,
                           stop_strings(body.get("stop"), "stop"), get_field(body, "seed", int, 0),
-                          get_field(body, "ignore_eos", bool, False)),
+                          get_field(body, "ignore_eos", bool, False), output),
         stream=get_field(body, "stream", bool, False),
         include_usage=bool(options.get("include_usage")),
         continuous_usage=bool(options.get("continuous_usage_stats")),
         model=get_field(body, "model", str, "default"),
         rid=get_field(body, "rid", str, None),
+        features=features,
     )
 
 
-def parse_chat(body: dict) -> GenerationCall:
-    """/v1/chat/completions; honours max_completion_tokens, then max_tokens."""
+def parse_chat(body: dict, settings=None) -> GenerationCall:
+    """/v1/chat/completions; honours max_completion_tokens, then max_tokens, and the
+    features of features.py (tools need settings' tool-call parser, reasoning its
+    reasoning parser)."""
     messages = get_field(body, "messages", list)
     if not messages:
         raise SGLangError(400, "Messages cannot be empty.", param="messages")
@@ -115,8 +122,11 @@ def parse_chat(body: dict) -> GenerationCall:
     max_tokens = get_field(body, "max_completion_tokens", int, None)
     if max_tokens is None:
         max_tokens = get_field(body, "max_tokens", int, None)
-    return _openai_common(body, [encode(render_chat(messages))],
-                          _positive(max_tokens, "max_tokens"))
+    features, output, setup = extras.chat_features(body, messages, settings)
+    prompt = render_chat(messages, tools=setup.tools, generation_prefix=setup.prompt_suffix,
+                         render_calls=extras.render_past_calls(setup.tool_format))
+    return _openai_common(body, [encode(prompt)], _positive(max_tokens, "max_tokens"),
+                          features, output)
 
 
 def is_token_ids(value) -> bool:
@@ -148,13 +158,15 @@ def completion_prompts(prompt) -> list[list[int]]:
     return [encode(p) if isinstance(p, str) else p for p in prompts]
 
 
-def parse_completion(body: dict) -> GenerationCall:
-    """/v1/completions; max_tokens defaults to 16 and must be positive, as in SGLang."""
+def parse_completion(body: dict, settings=None) -> GenerationCall:
+    """/v1/completions; max_tokens defaults to 16 and must be positive, as in SGLang;
+    logprobs, response_format, json_schema, regex and ebnf (features.py)."""
     prompts = completion_prompts(get_field(body, "prompt", (str, list)))
     max_tokens = get_field(body, "max_tokens", int, 16)
     if max_tokens <= 0:
         raise SGLangError(400, "max_tokens must be positive", param="max_tokens")
-    return _openai_common(body, prompts, max_tokens)
+    features, output = extras.completion_features(body)
+    return _openai_common(body, prompts, max_tokens, features, output)
 
 
 def parse_generate(body: dict) -> GenerationCall:
@@ -172,6 +184,7 @@ def parse_generate(body: dict) -> GenerationCall:
                               param="input_ids")
     sp = get_field(body, "sampling_params", dict, {})
     where = "sampling_params."
+    refusal, output = extras.generate_plan(sp)
     return GenerationCall(
         prompts=[prompt_ids],
         params=_samplings(get_field(sp, "n", int, 1, where),
@@ -179,10 +192,11 @@ def parse_generate(body: dict) -> GenerationCall:
                                     "max_new_tokens"),
                           stop_strings(sp.get("stop"), "stop"),
                           get_field(sp, "seed", int, 0, where),
-                          get_field(sp, "ignore_eos", bool, False, where)),
+                          get_field(sp, "ignore_eos", bool, False, where), output),
         stream=get_field(body, "stream", bool, False),
         include_usage=False,
         continuous_usage=False,
         model="",
         rid=get_field(body, "rid", str, None),
+        features=extras.Features(refusal=refusal),
     )

@@ -4,6 +4,9 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from .reasoning import PARSERS as REASONING_PARSERS
+from .tool_parsers import PARSERS as TOOL_PARSERS
+
 
 def _opt(default, help, group="general", flag=None):
     return field(default=default, metadata={"help": help, "group": group, "flag": flag})
@@ -33,6 +36,15 @@ class SimSettings:
                                          "queue.", "timing")
     output_tokens_min: int = _opt(16, "Shortest natural answer (tokens) before EOS.", "output")
     output_tokens_max: int = _opt(96, "Longest natural answer (tokens) before EOS.", "output")
+    tool_call_parser: str = _opt("none", "SGLang's --tool-call-parser: the model writes "
+                                         "tool calls in this family's format and they are "
+                                         "parsed into tool_calls (qwen25, qwen, llama3); "
+                                         "none (SGLang's default): no parser, tools only "
+                                         "shape the prompt.", "output")
+    reasoning_parser: str | None = _opt(None, "SGLang's --reasoning-parser: the model thinks "
+                                              "first, in <think>...</think> (deepseek-r1, "
+                                              "qwen3), split off as reasoning_content.",
+                                        "output")
 
     cache_capacity_tokens: int = _opt(262144, "Prefix cache capacity in tokens "
                                               "(SGLang's max_total_num_tokens); LRU eviction.",
@@ -89,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            if f.type == str | None:  # an optional name (a parser), unset by default
+                kind = str
             group.add_argument(flag, dest=f.name, type=kind, default=f.default,
                                help=f"{f.metadata['help']} (default: {f.default})")
 
@@ -118,6 +132,10 @@ def from_arguments(args: argparse.Namespace) -> SimSettings:
         problems.append("--embedding-dim must be at least 1")
     if settings.prefill_tokens_per_s <= 0:
         problems.append("--prefill-tokens-per-s must be positive")
+    if settings.tool_call_parser not in ("none", *TOOL_PARSERS):
+        problems.append(f"--tool-call-parser must be one of {', '.join(TOOL_PARSERS)}, none")
+    if settings.reasoning_parser not in (None, *REASONING_PARSERS):
+        problems.append(f"--reasoning-parser must be one of {', '.join(REASONING_PARSERS)}")
     if problems:
         raise ValueError("; ".join(problems))
     return settings

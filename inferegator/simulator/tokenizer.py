@@ -2,6 +2,8 @@
 
 Rule (documented in docs/simulator.md): a token is
   * a special marker such as ``<|user|>``, or
+  * a reasoning or tool-call tag: ``<think>``, ``</think>``, ``<tool_call>``,
+    ``</tool_call>`` (whitespace before one is a token of its own), or
   * a run of word characters (``\\w+``) with the whitespace before it, or
   * one other non-space character with the whitespace before it, or
   * trailing whitespace.
@@ -10,11 +12,13 @@ CRC-32 of the token text modulo the vocabulary size. Generated text is made of
 such tokens, so re-tokenizing a completion gives back its completion_tokens.
 """
 
+import json
 import re
 import zlib
 
 VOCAB_SIZE = 128256
-_TOKEN = re.compile(r"<\|\w+\|>|\s*\w+|\s*[^\w\s]|\s+")
+_TAG = r"</?(?:think|tool_call)>"
+_TOKEN = re.compile(rf"<\|\w+\|>|{_TAG}|\s+(?={_TAG})|\s*\w+|\s*[^\w\s]|\s+")
 
 
 def tokenize(text: str) -> list[str]:
@@ -41,13 +45,22 @@ def message_text(content) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-def render_chat(messages: list[dict]) -> str:
+def render_chat(messages: list[dict], tools: list | None = None, generation_prefix: str = "",
+                render_calls=None) -> str:
     """Render a conversation with a Llama-3-like template, ending with the assistant's turn.
 
     A turn is ``<|role|>`` + content + ``<|eot|>``; the prompt ends with ``<|assistant|>``
     so that a conversation's next turn extends this one's prompt and answer exactly.
+    Tools shown to the model come first, as ``<|tools|>`` + their JSON + ``<|eot|>``; an
+    assistant turn's ``tool_calls`` follow its content as ``render_calls`` writes them;
+    ``generation_prefix`` (e.g. a reasoning model's opened ``<think>``) follows the final
+    ``<|assistant|>``.
     """
-    parts = [f"<|{m.get('role', 'user')}|>{message_text(m.get('content'))}<|eot|>"
-             for m in messages]
-    parts.append("<|assistant|>")
+    parts = ["<|tools|>" + json.dumps(tools, ensure_ascii=False) + "<|eot|>"] if tools else []
+    for m in messages:
+        text = message_text(m.get("content"))
+        if render_calls is not None and m.get("role") == "assistant" and m.get("tool_calls"):
+            text += render_calls(m["tool_calls"])
+        parts.append(f"<|{m.get('role', 'user')}|>{text}<|eot|>")
+    parts.append("<|assistant|>" + generation_prefix)
     return "".join(parts)
