@@ -251,6 +251,20 @@ def test_bad_rerank_and_score_bodies_get_the_gateways_400(scoring, path, body, p
     assert resp.json()["error"]["param"] == param
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/rerank", {"model": RERANKER, "query": "q", "documents": ["a", "b"]}),
+    ("/v1/score", {"model": MODEL, "query": "q", "items": ["a"], "label_token_ids": [1]}),
+])
+def test_rerank_and_score_need_a_key_and_are_limited(scoring, path, body):
+    assert requests.post(scoring.url + path, json=body, timeout=10).status_code == 401
+    key, _ = provision(scoring.storage, f"limited{path.replace('/', '-')}@example.com",
+                       requests_per_minute=1)
+    assert post(scoring, path, body, key=key).status_code == 200
+    refused = post(scoring, path, body, key=key)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
 def test_each_route_only_for_models_that_declare_it(scoring):
     assert post(scoring, "/v1/rerank", {"model": MODEL, "query": "q",
                                         "documents": ["a"]}).status_code == 404
