@@ -11,7 +11,7 @@ tool_choice, response_format); every other field still passes through untouched.
 import re
 
 from ..errors import invalid_request, shown
-from .request import CHAT, COMPLETIONS, GENERATE, RESPONSES
+from .request import CHAT, COMPLETIONS, GENERATE, RESPONSES, int_field
 
 MAX_STOPS = 64  # stop sequences per request (OpenAI allows 4; SGLang and vLLM any number)
 MAX_TOOLS = 512
@@ -58,19 +58,6 @@ def _number(body, name, low, high):
     if not low <= value <= high:
         raise invalid_request(f"Invalid value for '{name}': {shown(value)}; must be between "
                               f"{low:g} and {high:g}.", name, "invalid_value")
-    return value
-
-
-def _integer(body, name, low, high):
-    value = body.get(name)
-    if value is None:
-        return None
-    if type(value) is not int:
-        raise invalid_request(f"Invalid type for '{name}': expected an integer, got "
-                              f"{type(value).__name__}.", name, "invalid_type")
-    if not low <= value <= high:
-        raise invalid_request(f"Invalid value for '{name}': {shown(value)}; must be between "
-                              f"{low} and {high}.", name, "invalid_value")
     return value
 
 
@@ -180,7 +167,7 @@ def check_features(endpoint: str, body: dict) -> list[tuple[str, str, str]]:
     _number(body, "top_p", 0, 1)
     _number(body, "frequency_penalty", -2, 2)
     _number(body, "presence_penalty", -2, 2)
-    _integer(body, "seed", -2 ** 63, 2 ** 64 - 1)
+    int_field(body, "seed", -2 ** 63, 2 ** 64 - 1)
     nested = endpoint != RESPONSES
     if body.get("tools") is not None or body.get("tool_choice") is not None:
         names = [] if body.get("tools") is None else _tool_names(body["tools"], nested)
@@ -211,7 +198,7 @@ def check_features(endpoint: str, body: dict) -> list[tuple[str, str, str]]:
         if logprobs is not None and not isinstance(logprobs, bool):
             raise invalid_request("Invalid type for 'logprobs': expected a boolean.",
                                   "logprobs", "invalid_type")
-        top = _integer(body, "top_logprobs", 0, 20)
+        top = int_field(body, "top_logprobs", 0, 20)
         if top is not None and not logprobs:
             raise invalid_request("Invalid value for 'top_logprobs': 'logprobs' must be true "
                                   "when 'top_logprobs' is set.", "top_logprobs",
@@ -226,6 +213,6 @@ def check_features(endpoint: str, body: dict) -> list[tuple[str, str, str]]:
         image = _image_part(body.get("messages"), "messages", "image_url")
         if image:
             needs.append(("vision", image, "image inputs"))
-    elif _integer(body, "logprobs", 0, 20):
+    elif int_field(body, "logprobs", 0, 20):
         needs.append(("logprobs", "logprobs", "logprobs"))
     return needs

@@ -156,15 +156,25 @@ def fix_response(body: dict, request=None) -> None:
 
 
 class _EventStream:
-    """Splits upstream SSE bytes into whole events (each with its blank line)."""
+    """Splits upstream SSE bytes into whole events (each with its blank line), and keeps
+    what bills a stream whose backend reported no usage: the prompt estimate and the
+    events that carried output (one token each)."""
 
-    __slots__ = ("_buffer", "_max_event", "done", "error")
+    __slots__ = ("_buffer", "_max_event", "done", "error", "prompt_estimate", "text_events")
 
-    def __init__(self, max_event_bytes: int):
+    def __init__(self, max_event_bytes: int, prompt_estimate: int = 0):
         self._buffer = b""
         self._max_event = max_event_bytes
         self.done = False
         self.error = None
+        self.prompt_estimate = prompt_estimate
+        self.text_events = 0
+
+    def estimated_usage(self) -> Usage | None:
+        """The prompt estimate and one completion token per event that carried output."""
+        if self.text_events or self.prompt_estimate:
+            return Usage(self.prompt_estimate, self.text_events)
+        return None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Events (complete, with their blank line) ready to send for this piece of input."""
@@ -193,18 +203,14 @@ class SSERelay(_EventStream):
     """Turns a chat or completions stream into the events to send to the client."""
 
     __slots__ = ("_replacements", "_public", "_include_usage", "_strip_running",
-                 "_final_usage", "_running_usage", "content_events", "text_events",
-                 "prompt_estimate")
+                 "_final_usage", "_running_usage", "content_events")
 
     def __init__(self, upstream_model: str, public_model: str, include_usage: bool,
                  strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
                  prompt_estimate: int = 0):
-        super().__init__(max_event_bytes)
-        # Billed with text_events (one completion token per event carrying output) when the
-        # backend sends no usage at all: a stream cut short, or a server that never reports
-        # usage in streams (llama-cpp-python's).
-        self.prompt_estimate = prompt_estimate
-        self.text_events = 0
+        # Billed with the estimate when the backend sends no usage at all: a stream cut
+        # short, or a server that never reports usage in streams (llama-cpp-python's).
+        super().__init__(max_event_bytes, prompt_estimate)
         self._public = public_model
         self._include_usage = include_usage
         # The gateway asked for continuous_usage_stats (the client did not): note the running
@@ -262,9 +268,7 @@ class SSERelay(_EventStream):
                 return Usage.from_upstream(json.loads(self._running_usage))
             except (ValueError, RecursionError):
                 return None
-        if self.text_events or self.prompt_estimate:
-            return Usage(self.prompt_estimate, self.text_events)
-        return None
+        return self.estimated_usage()
 
     def error_event(self, error: GatewayError) -> bytes:
         """A failure after the stream started, as this kind of stream reports one."""
@@ -277,14 +281,12 @@ class GenerateRelay(_EventStream):
     send: passed on as they came; each choice's latest meta_info is its running usage, so
     a stream cut short is still metered exactly."""
 
-    __slots__ = ("_meta", "text_events", "prompt_estimate")
+    __slots__ = ("_meta",)
 
     def __init__(self, upstream_model: str, public_model: str, include_usage: bool = True,
                  strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
                  prompt_estimate: int = 0):
-        super().__init__(max_event_bytes)
-        self.prompt_estimate = prompt_estimate
-        self.text_events = 0
+        super().__init__(max_event_bytes, prompt_estimate)
         self._meta = {}  # choice index -> its latest meta_info
 
     def _event(self, event: bytes) -> bytes | None:
@@ -310,9 +312,7 @@ class GenerateRelay(_EventStream):
         token per event relayed."""
         if self._meta:
             return native_usage(self._meta.values())
-        if self.text_events or self.prompt_estimate:
-            return Usage(self.prompt_estimate, self.text_events)
-        return None
+        return self.estimated_usage()
 
     def error_event(self, error: GatewayError) -> bytes:
         return error.sse_event()
@@ -331,14 +331,12 @@ class ResponsesRelay(_EventStream):
     to send to the client; its usage comes in the final ``response.completed`` (or
     ``incomplete``/``failed``) event, which ends it (an upstream ``[DONE]`` too)."""
 
-    __slots__ = ("_replacements", "_final_usage", "events", "text_events", "prompt_estimate")
+    __slots__ = ("_replacements", "_final_usage", "events")
 
     def __init__(self, upstream_model: str, public_model: str, include_usage: bool = True,
                  strip_running_usage: bool = False, max_event_bytes: int = 1 << 20,
                  prompt_estimate: int = 0):
-        super().__init__(max_event_bytes)
-        self.prompt_estimate = prompt_estimate
-        self.text_events = 0
+        super().__init__(max_event_bytes, prompt_estimate)
         self.events = 0  # relayed so far: the next sequence_number
         self._final_usage = None
         self._replacements = _model_replacements(upstream_model, public_model)
@@ -387,9 +385,7 @@ class ResponsesRelay(_EventStream):
         delta relayed."""
         if self._final_usage is not None:
             return Usage.from_upstream(self._final_usage)
-        if self.text_events or self.prompt_estimate:
-            return Usage(self.prompt_estimate, self.text_events)
-        return None
+        return self.estimated_usage()
 
     def error_event(self, error: GatewayError) -> bytes:
         return error.response_event(self.events)

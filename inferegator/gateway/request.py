@@ -71,7 +71,7 @@ class GatewayRequest(ClientRequest):
     plugin_data: dict = field(default_factory=dict)  # per-request state of plugins, by name
 
 
-def _int(body, name, minimum, maximum=MAX_TOKENS, within=""):
+def int_field(body, name, minimum, maximum=MAX_TOKENS, within=""):
     """body[name] as an integer in [minimum, maximum], or None; ``within`` prefixes the
     param of an error (``sampling_params.``)."""
     value = body.get(name)
@@ -251,10 +251,10 @@ def parse_generation(greq: GatewayRequest, body: dict) -> GatewayRequest:
         if prompts > 1:
             greq.longest_prompt = max(_check_prompt(p) for p in body["prompt"])
     stream, include_usage = _check_stream(body)
-    max_tokens = _int(body, "max_completion_tokens", 1)
+    max_tokens = int_field(body, "max_completion_tokens", 1)
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", 1)
-    greq.n = (_int(body, "n", 1, 128) or 1) * prompts
+        max_tokens = int_field(body, "max_tokens", 1)
+    greq.n = (int_field(body, "n", 1, 128) or 1) * prompts
     greq.body, greq.model_id, greq.stream, greq.max_tokens = body, model, stream, max_tokens
     greq.include_usage = include_usage
     greq.prompt_estimate = estimate
@@ -274,7 +274,7 @@ def parse_embeddings(greq: GatewayRequest, body: dict) -> GatewayRequest:
         raise invalid_request(f"Invalid value for 'encoding_format': {shown(encoding)}; "
                               "expected 'float' or 'base64'.", "encoding_format",
                               "invalid_value")
-    _int(body, "dimensions", 1)
+    int_field(body, "dimensions", 1)
     greq.body, greq.generates = body, False
     return greq
 
@@ -291,7 +291,7 @@ def parse_responses(greq: GatewayRequest, body: dict) -> GatewayRequest:
                                   "instructions", "invalid_type")
         estimate += len(instructions) // 4 + 4
     greq.stream, _ = _check_stream(body, chat_options=False)
-    greq.max_tokens = _int(body, "max_output_tokens", 1)
+    greq.max_tokens = int_field(body, "max_output_tokens", 1)
     greq.body, greq.prompt_estimate = body, estimate
     return greq
 
@@ -320,9 +320,9 @@ def parse_generate(greq: GatewayRequest, body: dict) -> GatewayRequest:
     if not isinstance(params, dict):
         raise invalid_request("Invalid type for 'sampling_params': expected an object.",
                               "sampling_params", "invalid_type")
-    max_new = _int(params, "max_new_tokens", 0, within="sampling_params.")
+    max_new = int_field(params, "max_new_tokens", 0, within="sampling_params.")
     greq.max_tokens = SGLANG_MAX_NEW_TOKENS if max_new is None else max_new
-    greq.n = (_int(params, "n", 1, 128, within="sampling_params.") or 1) * prompts
+    greq.n = (int_field(params, "n", 1, 128, within="sampling_params.") or 1) * prompts
     greq.stream, _ = _check_stream(body, chat_options=False)
     greq.body = body
     return greq
@@ -348,7 +348,7 @@ def parse_rerank(greq: GatewayRequest, body: dict) -> GatewayRequest:
         raise invalid_request("Invalid value for 'documents': expected a non-empty array.",
                               "documents", "invalid_value")
     chars = [_query_chars(d, f"documents[{i}]") for i, d in enumerate(documents)]
-    _int(body, "top_n", 1)
+    int_field(body, "top_n", 1)
     greq.prompt_estimate = sum((query + c) // 4 + 2 for c in chars)
     greq.body, greq.generates = body, False
     return greq

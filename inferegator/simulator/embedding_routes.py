@@ -32,13 +32,12 @@ def embedding_requests(inputs: list[list[int]], rid: str | None, engine) -> list
             for ids, r in zip(inputs, rids)]
 
 
-def run_embeddings(engine, reqs: list[SimRequest], environ) -> None:
-    """Queue and prefill every input (a batch's inputs concurrently); a client that hangs
-    up aborts them. An aborted input still gets its vector, as SGLang's graceful abort
-    takes the normal path."""
+def run_all(reqs: list[SimRequest], environ, run_one) -> None:
+    """``run_one(req)`` for every request (a batch's concurrently); a client that hangs up
+    aborts them, and an aborted request simply ends (as SGLang's graceful abort)."""
     def one(req):
         try:
-            engine.encode(req)
+            run_one(req)
         except Aborted:
             pass
 
@@ -50,6 +49,12 @@ def run_embeddings(engine, reqs: list[SimRequest], environ) -> None:
             gevent.joinall([gevent.spawn(one, req) for req in reqs])
     finally:
         stop()
+
+
+def run_embeddings(engine, reqs: list[SimRequest], environ) -> None:
+    """Queue and prefill every input; an aborted input still gets its vector, as SGLang's
+    graceful abort takes the normal path."""
+    run_all(reqs, environ, engine.encode)
 
 
 class Embeddings:

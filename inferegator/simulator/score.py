@@ -21,12 +21,9 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-import gevent
-
-from ..serving.disconnect import watch_disconnect
-from .embedding_routes import run_embeddings
+from .embedding_routes import run_all, run_embeddings
 from .embeddings import embedding_vector
-from .engine import Aborted, SamplingParams, SimRequest
+from .engine import SamplingParams, SimRequest
 from .protocol import SGLangError
 from .requests_in import get_field, parse_json
 from .rerank import RERANKER_MODEL_INFO
@@ -284,21 +281,11 @@ def _list_errors(scores: list[float]) -> str:
 def run_prefills(engine, reqs: list[SimRequest], environ) -> None:
     """Run prefill-only generation requests (concurrently); a client that hangs up aborts
     them."""
-    def one(req):
-        try:
-            for _ in engine.generate(req):
-                pass
-        except Aborted:
+    def prefill(req):
+        for _ in engine.generate(req):
             pass
 
-    stop = watch_disconnect(environ, lambda: [r.aborted.set() for r in reqs])
-    try:
-        if len(reqs) == 1:
-            one(reqs[0])
-        else:
-            gevent.joinall([gevent.spawn(one, req) for req in reqs])
-    finally:
-        stop()
+    run_all(reqs, environ, prefill)
 
 
 def scoring_response(call: ScoreCall, scores: list, prompt_tokens: int,
