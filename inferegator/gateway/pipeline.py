@@ -1,7 +1,7 @@
 """The request path: authenticate, parse, resolve, admit, select, call upstream, relay, finish.
 
-The same path serves every relayed OpenAI route; what differs between them is in
-``endpoints.ENDPOINTS``.
+The same path serves every relayed route (OpenAI's and SGLang's native); what differs
+between them is in ``endpoints.ENDPOINTS``.
 
 One greenlet per request. Failover happens only before the first byte reaches the
 client: a stream's first event is read from the backend before the response starts.
@@ -48,7 +48,8 @@ ANSWER_CHUNK_BYTES = 65536
 
 
 class Pipeline:
-    """Serves the relayed routes (chat, completions, embeddings, responses) of one Gateway."""
+    """Serves the relayed routes (ENDPOINTS: the OpenAI ones and SGLang's native ones) of one
+    Gateway."""
 
     def __init__(self, gateway):
         self.gateway = gateway
