@@ -4,8 +4,9 @@ pipeline's promises (issue 14).
 
 The clients, each used the way the pipeline uses an upstream answer (post, status_code,
 headers.get("Content-Length"), iter_content, close):
-  - requests: today's path, ``PreparedPost.send`` on a ``pooled_session`` (backends/base.py);
-  - urllib3: ``Urllib3Transport`` (backends/transport.py), urllib3's pool without requests;
+  - requests: the gateway's path before issue 14, ``PreparedPost.send`` on a
+    ``pooled_session`` (bench/upstream_contenders.py);
+  - urllib3: ``Urllib3Transport`` (bench/upstream_contenders.py), urllib3's pool without requests;
   - geventhttpclient: ``GeventHttpTransport`` (backends/transport.py).
 
 Everything runs in this one process, gevent monkey-patched first, like a gunicorn gevent
@@ -23,7 +24,7 @@ worker. Three real simulators are started (``inferegator sim``, one gevent worke
     read timeout between two events.
 Also checked per client: answer bytes equal to a raw-socket reference (ids and timestamps
 blanked), an error answer's body read ahead (``read_error_body`` / ``preload``), a
-refused connection reported as refused (also by ``pipeline._refused``), a connect
+refused connection reported as refused (also by ``refused_cause``), a connect
 timeout (a listener whose accept queue is full), and keep-alive pooling (connections
 opened per request).
 
@@ -85,14 +86,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 
-from inferegator.backends.base import (
+from upstream_contenders import (
     PreparedPost,
-    pooled_session,
+    Urllib3Transport,
     read_error_body,
-    upstream_request_id,
 )
-from inferegator.backends.transport import GeventHttpTransport, TransportError, Urllib3Transport
-from inferegator.gateway.pipeline import _refused
+from upstream_contenders import refused_cause as _refused
+
+from inferegator.backends.base import pooled_session, upstream_request_id
+from inferegator.backends.transport import GeventHttpTransport, TransportError
 from tests.support.processes import Simulator, free_port, wait_until
 
 OUT_DIR = BENCH_DIR / "out"
@@ -342,7 +344,7 @@ def expect_error(fn, kind: str, low: float = 0.0, high: float = 1e9):
         got = classify(exc)
         return (got == kind and low <= elapsed <= high,
                 f"{got} after {elapsed * 1000:.0f} ms ({exc.__class__.__name__}"
-                f"{', pipeline._refused: ' + str(_refused(exc)) if kind == 'refused' else ''})")
+                f"{', refused_cause: ' + str(_refused(exc)) if kind == 'refused' else ''})")
     return False, "no error"
 
 

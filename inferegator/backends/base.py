@@ -17,6 +17,7 @@ from requests.adapters import HTTPAdapter
 from ..config.model import ResilienceConfig
 from ..errors import GatewayError, UpstreamFault, upstream_unreadable_error
 from .health import CircuitBreaker
+from .transport import GeventHttpTransport, TransportError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -62,53 +63,15 @@ def json_error_body(content: bytes) -> bool:
         return False
 
 
-def read_error_body(response: requests.Response) -> bytes:
-    """The start of an error answer, at most ERROR_BODY_BYTES, kept on the response so that
-    whoever reads it next (iter_content) gets the same bytes; the rest is never read."""
-    parts, size = [], 0
-    for data in response.iter_content(8192):
-        parts.append(data)
-        size += len(data)
-        if size >= ERROR_BODY_BYTES:
-            break
-    content = b"".join(parts)[:ERROR_BODY_BYTES]
-    response._content, response._content_consumed = content, True
-    return content
-
-
 def pooled_session(pool_size: int) -> requests.Session:
-    """A keep-alive session whose pool holds pool_size connections; no hidden retries."""
+    """A keep-alive session for control calls (probes, loads, model lists); no hidden
+    retries. Generation requests go through the backend's Transport instead."""
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    session.trust_env = False  # no proxies or netrc lookups on the hot path
+    session.trust_env = False  # no proxies or netrc lookups
     return session
-
-
-class PreparedPost:
-    """A POST prepared once per endpoint and copied per request.
-
-    Session.request re-merges settings, cookies and hooks for every call; measured at
-    about a sixth of the gateway's CPU per request. Only the body changes here.
-    """
-
-    __slots__ = ("_template", "_adapter")
-
-    def __init__(self, session: requests.Session, url: str, headers: dict):
-        self._template = session.prepare_request(requests.Request(
-            "POST", url, headers={**headers, "Content-Type": "application/json"}))
-        self._adapter = session.get_adapter(url)
-
-    def send(self, body: bytes, headers: dict, stream: bool, timeout) -> requests.Response:
-        prepared = self._template.copy()
-        prepared.body = body
-        prepared.headers["Content-Length"] = str(len(body))
-        prepared.headers.update(headers)
-        rid = prepared.headers.get("X-Request-ID")
-        if rid is not None:
-            prepared.headers["X-Request-ID"] = upstream_request_id(rid)
-        return self._adapter.send(prepared, stream=stream, timeout=timeout)
 
 
 class BackendLease:
@@ -170,7 +133,8 @@ class BackendAdapter:
         self.total_timeout_s = config.total_timeout_s
         self.max_response_bytes = config.max_response_bytes
         self.max_event_bytes = config.max_event_bytes
-        self.session = pooled_session(config.pool_size)
+        self.session = pooled_session(config.pool_size)  # control calls only
+        self._transport = None  # the hot path's; built on first use (auth_headers)
         resilience = resilience or ResilienceConfig()
         self.probe_ok = None  # unknown until the first probe, which decides either way
         self.drained = False  # taken out of rotation by an operator
@@ -183,14 +147,13 @@ class BackendAdapter:
         # {"running": int, "waiting": int, "ours": this worker's in-flight count when
         # polled, "at": monotonic seconds}
         self.reported_load = None
-        self._posts = {}
 
     # -- what a backend type defines ------------------------------------------------------
 
-    def endpoint_url(self, endpoint: str) -> str:
-        """The URL of an endpoint ("chat", "completions", "embeddings", "responses"): by
-        default ``url`` + the type's ``paths[endpoint]``."""
-        return self.url + self.paths[endpoint]
+    def endpoint_path(self, endpoint: str) -> str:
+        """The path of an endpoint ("chat", "completions", "embeddings", ...) under ``url``:
+        by default the type's ``paths[endpoint]``."""
+        return self.paths[endpoint]
 
     def health_url(self) -> str:
         raise NotImplementedError
@@ -223,21 +186,35 @@ class BackendAdapter:
         """Take this backend for one request, or None if its circuit says no."""
         return BackendLease(self) if self.breaker.begin() else None
 
-    def post(self, endpoint: str, body: dict, headers: dict, stream: bool) -> requests.Response:
-        """Send one generation request; raises requests exceptions on transport failure, and
-        UpstreamFault (the backend's fault: counted against it, failover allowed) for an
-        error answer whose status blames the request but whose body is empty or not JSON,
-        since the gateway, not the client, wrote that request."""
-        post = self._posts.get(endpoint)
-        if post is None:
-            post = self._posts[endpoint] = PreparedPost(
-                self.session, self.endpoint_url(endpoint), self.auth_headers())
-        response = post.send(json.dumps(body).encode(), headers, stream, self.timeout)
+    @property
+    def transport(self) -> GeventHttpTransport:
+        """The pooled upstream connections generation requests go out on."""
+        transport = self._transport
+        if transport is None:
+            connect, read = self.timeout
+            transport = self._transport = GeventHttpTransport(
+                self.url, self.config.pool_size, connect, read, headers=self.auth_headers())
+        return transport
+
+    def post(self, endpoint: str, body: dict, headers: dict) -> UpstreamResponse:
+        """Send one generation request; the answer once its head has come, its body unread.
+
+        Raises TransportError when it cannot be sent or its head not read, and UpstreamFault
+        (the backend's fault: counted against it, failover allowed) for an error answer
+        whose status blames the request but whose body is empty or not JSON, since the
+        gateway, not the client, wrote that request. An error answer's start (at most
+        ERROR_BODY_BYTES) is read ahead: ``response.preload(ERROR_BODY_BYTES)`` gives it.
+        """
+        rid = headers.get("X-Request-ID")
+        if rid is not None:
+            headers = {**headers, "X-Request-ID": upstream_request_id(rid)}
+        response = self.transport.post(self.endpoint_path(endpoint), json.dumps(body).encode(),
+                                       headers, stream=True)
         status = response.status_code
         if 400 <= status < 500 and status not in _STATUSES_WITHOUT_BODY:
             try:
-                content = read_error_body(response)
-            except requests.RequestException:
+                content = response.preload(ERROR_BODY_BYTES)
+            except TransportError:
                 response.close()
                 raise
             if not json_error_body(content):

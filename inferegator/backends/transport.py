@@ -3,20 +3,18 @@
 ``requests`` costs about half the gateway's CPU per request (issue 14): it re-merges
 settings, builds a PreparedRequest, wraps urllib3's response in its own and parses headers
 with the email package. The hot path needs far less, and this module offers exactly that
-much, behind one small interface with two implementations to measure against each other:
+much, behind one small interface (``Transport``); ``GeventHttpTransport`` implements it with
+geventhttpclient's llhttp parser (C) and its connection pool classes, the request head
+pre-rendered per path. bench/upstream_contenders.py implements it on urllib3's pool too,
+the contender it was measured against.
 
-- ``Urllib3Transport``: urllib3's ``HTTPConnectionPool.urlopen`` (what requests runs
-  underneath), without requests' layers;
-- ``GeventHttpTransport``: geventhttpclient's llhttp parser (C) and its connection pool
-  classes, with the request head pre-rendered per path.
-
-Both give ``post(url_path, body, headers, stream, connect_timeout, read_timeout)`` ->
+A transport gives ``post(url_path, body, headers, stream, connect_timeout, read_timeout)`` ->
 ``UpstreamResponse`` (``status_code``, case-insensitive ``headers.get``, ``iter_content``,
 ``close``, plus ``preload`` for error bodies) and raise one error class,
 ``TransportError``, whose ``kind`` says what failed (``refused`` is told apart: the
 pipeline opens a circuit at once on it).
 
-What both promise, because the pipeline depends on it:
+What a transport promises, because the pipeline depends on it:
 
 - keep-alive, at most ``pool_size`` idle connections kept per backend; more requests at
   once than that open extra connections that are closed after use (like requests'
@@ -33,8 +31,11 @@ What both promise, because the pipeline depends on it:
   OSError raised that way (ClientDisconnected is one) comes out as a TransportError, so
   callers keep checking ``watch.gone`` first, as they do with requests today.
 
-Nothing here is used by the gateway yet; ``bench/upstream_client_cost.py`` measures both
-against today's ``PreparedPost`` path.
+The gateway sends generation requests through ``GeventHttpTransport``, one per backend
+(``BackendAdapter.transport``); control calls (probes, loads, model lists) keep
+``requests``. ``bench/upstream_client_cost.py`` measures the transports against
+``requests``: geventhttpclient costs about a third of requests' CPU per request, urllib3
+about three quarters.
 """
 
 import socket
@@ -44,16 +45,8 @@ from urllib.parse import urlsplit
 import certifi
 import gevent.socket
 import gevent.ssl
-import urllib3
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPSocketPoolResponse
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    HTTPError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
-from urllib3.exceptions import SSLError as Urllib3SSLError
 
 READ_BLOCK_BYTES = 65536  # the most one recv takes: an SSE event is far smaller
 # Sent with every request unless the caller's headers say otherwise: the body is JSON and
@@ -92,22 +85,6 @@ class TransportError(Exception):
     def timeout(self) -> bool:
         """Either timeout (the backend is slow or hung, not necessarily down)."""
         return self.kind in ("connect_timeout", "read_timeout")
-
-
-def _caused_by(exc: BaseException, kind: type, depth: int = 8) -> bool:
-    """Whether exc or one of its causes (``__cause__``/``__context__``/urllib3's
-    ``reason``) is a ``kind``."""
-    seen = 0
-    stack = [exc]
-    while stack and seen < depth:
-        error = stack.pop()
-        seen += 1
-        if isinstance(error, kind):
-            return True
-        for cause in (getattr(error, "reason", None), error.__cause__, error.__context__):
-            if isinstance(cause, BaseException):
-                stack.append(cause)
-    return False
 
 
 class UpstreamHeaders:
@@ -248,128 +225,6 @@ class Transport:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
-
-
-# -- urllib3 ------------------------------------------------------------------------------
-
-
-class _Urllib3Response(UpstreamResponse):
-    __slots__ = ("_raw", "_done")
-
-    def __init__(self, raw):
-        super().__init__(raw.status, UpstreamHeaders(  # a repeated field: values joined
-            {name.lower(): value for name, value in raw.headers.itermerged()}))
-        self._raw = raw
-        self._done = False
-
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def _wire(self, chunk_size):
-        raw = self._raw
-        if self._done:
-            return
-        try:
-            # read1: what one recv brought (at most one HTTP chunk), however small; and
-            # no generator held across calls, so preload can stop and iter_content go on
-            while True:
-                data = raw.read1(chunk_size or READ_BLOCK_BYTES, decode_content=False)
-                if not data:
-                    break
-                yield data
-        except ReadTimeoutError as exc:
-            raise TransportError("read_timeout", "no data within the read timeout") from exc
-        except (HTTPError, OSError) as exc:
-            raise TransportError("broken", f"answer cut short: {exc}") from exc
-        self._done = True  # urllib3 has put the connection back in the pool
-
-    def close(self) -> None:
-        raw = self._raw
-        if not self._done:
-            self._done = True
-            raw.close()  # closes the socket: the runtime sees the disconnect
-        raw.release_conn()  # as requests does: a closed connection's slot is reused
-
-
-class Urllib3Transport(Transport):
-    """Upstream HTTP through urllib3's connection pool (requests' engine, minus requests).
-
-    ``block=False``: a request never waits for a pooled connection; beyond ``pool_size``
-    at once, extra connections are opened and closed after use (urllib3 logs "Connection
-    pool is full, discarding connection" at WARNING each time, as it does under requests
-    today). ``retries=False`` raises the first error as it is.
-    """
-
-    def __init__(self, base_url: str, pool_size: int = 64, connect_timeout: float = 3.0,
-                 read_timeout: float = 300.0, headers: dict | None = None,
-                 ca_certs: str | None = None, verify: bool = True):
-        super().__init__(base_url, pool_size, connect_timeout, read_timeout, headers,
-                         ca_certs, verify)
-        self._timeouts = {}
-        timeout = self._timeout(connect_timeout, read_timeout)
-        kwargs = dict(maxsize=pool_size, block=False, timeout=timeout, retries=False,
-                      headers=dict(self.headers))
-        if self.scheme == "https":
-            kwargs.update(cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE",
-                          ca_certs=self.ca_certs, assert_hostname=None if verify else False)
-            self._pool = urllib3.HTTPSConnectionPool(self.host, self.port, **kwargs)
-        else:
-            self._pool = urllib3.HTTPConnectionPool(self.host, self.port, **kwargs)
-        self._pool.ConnectionCls = self._counted(self._pool.ConnectionCls)
-
-    def _counted(self, connection_class):
-        """connection_class counting its connects here: urllib3 reconnects a closed
-        connection object in place, so counting new objects would miss those."""
-        transport = self
-
-        class Counted(connection_class):
-            def connect(self):
-                transport.connections_opened += 1
-                super().connect()
-
-        return Counted
-
-    def _timeout(self, connect: float, read: float) -> urllib3.Timeout:
-        key = (connect, read)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            timeout = self._timeouts[key] = urllib3.Timeout(connect=connect, read=read)
-        return timeout
-
-    def post(self, url_path, body, headers=None, stream=False, connect_timeout=None,
-             read_timeout=None):
-        timeout = self._timeout(self.connect_timeout if connect_timeout is None
-                                else connect_timeout,
-                                self.read_timeout if read_timeout is None else read_timeout)
-        sent = {**self._pool.headers, **headers} if headers else self._pool.headers
-        try:
-            raw = self._pool.urlopen(
-                "POST", self.prefix + url_path, body=body, headers=sent, retries=False,
-                redirect=False, assert_same_host=False, timeout=timeout,
-                preload_content=False, decode_content=False)
-        except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
-            kind = "refused" if _caused_by(exc, ConnectionRefusedError) else "connect"
-            raise TransportError(kind, str(exc)) from exc
-        except ConnectTimeoutError as exc:
-            raise TransportError("connect_timeout", str(exc)) from exc
-        except ReadTimeoutError as exc:
-            raise TransportError("read_timeout", "no answer within the read timeout") from exc
-        except Urllib3SSLError as exc:
-            raise TransportError("connect", f"TLS: {exc}") from exc
-        except (HTTPError, OSError) as exc:
-            raise TransportError("broken", str(exc)) from exc
-        response = _Urllib3Response(raw)
-        if not stream:
-            try:
-                response.preload()
-            except BaseException:
-                response.close()
-                raise
-        return response
-
-    def close(self) -> None:
-        self._pool.close()
 
 
 # -- geventhttpclient ---------------------------------------------------------------------

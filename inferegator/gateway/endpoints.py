@@ -1,7 +1,7 @@
 """The OpenAI routes the gateway relays, and everything that differs between them: one table.
 
 Each endpoint's name is also the capability a model declares to serve it and the key
-a backend type maps to its own URL (``BackendAdapter.endpoint_url``).
+a backend type maps to its own path (``BackendAdapter.endpoint_path``).
 """
 
 from collections.abc import Callable

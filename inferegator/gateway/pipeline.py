@@ -15,12 +15,12 @@ import random
 import time
 
 import gevent
-import requests
 
 from .. import outcome as ends
 from ..auth import authenticate
-from ..backends.base import read_error_body
+from ..backends.base import ERROR_BODY_BYTES
 from ..backends.health import RetryBudget
+from ..backends.transport import TransportError
 from ..body import json_object, read_body
 from ..errors import (
     GatewayError,
@@ -207,16 +207,17 @@ class Pipeline:
         outcome.attempts.append(backend.name)
         watch.waiting = True
         try:
-            upstream = lease.response = backend.post(greq.endpoint, body, headers, greq.stream)
+            upstream = lease.response = backend.post(greq.endpoint, body, headers)
             status = upstream.status_code
             if status >= 400:
-                return False, None, _upstream_error(lease, status, read_error_body(upstream))
+                return False, None, _upstream_error(lease, status,
+                                                     upstream.preload(ERROR_BODY_BYTES))
             first = _first_events(upstream, backend, model, greq) if greq.stream else None
-        except requests.RequestException as exc:
+        except TransportError as exc:
             if watch.gone:
                 raise ClientDisconnected() from None
-            log.warning("backend %s failed: %s", backend.name, exc.__class__.__name__)
-            lease.failed(refused=_refused(exc))
+            log.warning("backend %s failed: %s", backend.name, exc.kind)
+            lease.failed(refused=exc.refused)
             return False, None, None
         except UpstreamFault as fault:
             log.warning("backend %s: %s", backend.name, fault)
@@ -255,7 +256,7 @@ class Pipeline:
         except UpstreamFault as fault:
             lease.failed()
             raise fault.error from None
-        except requests.RequestException:
+        except TransportError:
             if watch.gone:
                 raise ClientDisconnected() from None
             lease.failed()
@@ -295,7 +296,7 @@ class Pipeline:
         except GeneratorExit:
             outcome.status = ends.CLIENT_DISCONNECTED
             raise
-        except (UpstreamFault, requests.RequestException, ValueError) as exc:
+        except (UpstreamFault, TransportError, ValueError) as exc:
             if watch.gone:
                 outcome.status = ends.CLIENT_DISCONNECTED
             else:
@@ -394,21 +395,6 @@ def _upstream_error(lease, status: int, content: bytes) -> GatewayError:
         return upstream_failed()
     lease.succeeded()  # it answered; the request was at fault, another backend won't help
     raise backend.translate_error(status, content)
-
-
-def _refused(exc) -> bool:
-    """A refused connection: the runtime is down, not slow (the circuit opens at once)."""
-    stack, looked = [exc], 0
-    while stack and looked < 12:
-        error = stack.pop()
-        looked += 1
-        if isinstance(error, ConnectionRefusedError):
-            return True
-        for cause in (getattr(error, "reason", None), error.__cause__, error.__context__,
-                      *error.args):
-            if isinstance(cause, BaseException):
-                stack.append(cause)
-    return False
 
 
 def _first_events(upstream, backend, model, greq):
