@@ -268,6 +268,18 @@ class _PoolMixin:
                 raise
         raise first_error or OSError(f"cannot resolve {self._connection_host}")
 
+    def _is_socket_alive(self, sock) -> bool:
+        """An idle pooled connection is alive while it has nothing to read: readable means
+        the server closed it (or sent what it should not have). One non-blocking peek,
+        instead of the base class's ``select`` (under gevent: watchers and a timer)."""
+        try:
+            sock._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except (OSError, AttributeError):
+            return False
+        return False
+
     def return_socket(self, sock) -> None:
         if self._closed or len(self._idle) >= self.size:
             sock.close()

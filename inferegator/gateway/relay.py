@@ -45,22 +45,89 @@ def rewrite_json(content: bytes, public_model: str, edit=None, fix=None,
                  request=None) -> tuple[bytes, Usage | None]:
     """A non-streamed answer with the public model id, after the endpoint's ``fix(answer,
     request)`` and ``edit(answer)`` (the after-upstream hooks) have seen it; returns
-    (bytes, usage)."""
+    (bytes, usage).
+
+    The answer is parsed once (usage, and proof that it is a JSON object); its bytes are
+    then edited in place when every edit can be placed exactly (``splice_answer``), and
+    dumped again only when not (an after-upstream hook, a backend that writes JSON with
+    spaces, an edit that needs the whole structure)."""
     try:
         body = json.loads(content)
     except (ValueError, RecursionError):
         raise _malformed("an answer that is not JSON") from None
     if not isinstance(body, dict):
         raise _malformed("an answer that is not a JSON object")
-    body["model"] = public_model
+    fix = fix or fix_completion
     usage = body.get("usage")
+    if edit is None:
+        spliced = splice_answer(content, body, public_model, fix, request)
+        if spliced is not None:
+            return spliced, Usage.from_upstream(clean_usage(usage) if isinstance(usage, dict)
+                                                else usage)
+    body["model"] = public_model
     if isinstance(usage, dict):
         usage = body["usage"] = clean_usage(usage)
-    (fix or fix_completion)(body, request)
+    fix(body, request)
     if edit is not None:
         edit(body)
         usage = body.get("usage")
     return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
+
+
+def _member(key: str, value) -> bytes | None:
+    """``,"key":value`` as compact JSON writes it (SGLang's orjson does), or None if the
+    value cannot be written back byte for byte (floats)."""
+    if isinstance(value, float):
+        return None
+    return b',"' + key.encode() + b'":' + json.dumps(value, separators=(",", ":"),
+                                                      ensure_ascii=False).encode()
+
+
+def splice_answer(content: bytes, body: dict, public_model: str, fix, request):
+    """The bytes ``rewrite_json`` would write for a compact JSON answer, made by editing the
+    upstream's bytes in place: the model renamed, null members of usage and SGLang's
+    ``metadata`` dropped, ``refusal: null`` added to each chat message. None when an edit
+    cannot be placed exactly, or the endpoint's fix needs the parsed answer.
+
+    Each edit is of a member's exact text, which must occur exactly once (the model
+    once, ``"message":{`` once per choice). Outside strings every ``"`` is JSON's own
+    (inside one it is escaped), so a match is the member itself, never text within a
+    string.
+    """
+    if fix is fix_embeddings:
+        if request is not None and request.body.get("encoding_format") == "base64":
+            return None  # floats to encode
+    elif fix is not fix_completion:
+        return None
+    model = body.get("model")
+    if not isinstance(model, str):
+        return None
+    edits = [(_member("model", model)[1:], _member("model", public_model)[1:])]
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        edits.extend((_member(key, None), b"") for key, value in usage.items()
+                     if value is None)
+    if "metadata" in body and fix is fix_completion:
+        edits.append((_member("metadata", body["metadata"]), b""))
+    for old, new in edits:
+        if old is None or content.count(old) != 1:
+            return None
+        content = content.replace(old, new, 1)
+    if fix is fix_completion:
+        choices = body.get("choices")
+        if not isinstance(choices, list):
+            return None
+        messages = [choice["message"] for choice in choices
+                    if isinstance(choice, dict) and isinstance(choice.get("message"), dict)]
+        if messages:
+            # every message lacks refusal (SGLang writes none), and every "message" member
+            # in the bytes is one of them, written compactly with a first member
+            if any("refusal" in message for message in messages) or \
+                    not content.count(b'"message":') == content.count(b'"message":{"') \
+                    == len(messages):
+                return None
+            content = content.replace(b'"message":{"', b'"message":{"refusal":null,"')
+    return content
 
 
 def rewrite_native(content: bytes, public_model: str, edit=None, fix=None,

@@ -18,7 +18,6 @@ gunicorn_app does so before any gunicorn Config exists.
 
 import json
 import socket
-from contextlib import contextmanager
 from http import HTTPStatus
 
 import gevent
@@ -62,40 +61,136 @@ class RequestHeadTimeout(Exception):
     """Thrown into a connection's greenlet when its request head is late."""
 
 
-class HeadDeadline:
-    """The clock on one connection's request head; when it runs out, it throws
-    RequestHeadTimeout into the greenlet that serves the connection."""
+class _KeepAliveIdle(Exception):
+    """Thrown into a connection's greenlet that waited for its next request longer than
+    gunicorn's ``keepalive``; the connection then ends quietly."""
 
-    def __init__(self, seconds: float, sock):
-        self.seconds = seconds
+
+class ConnectionClock:
+    """The clocks on one connection, made once and restarted for each request on it.
+
+    - The request head's deadline (``header_timeout``): counted from accept for the first
+      request, from the next request's first byte on a keep-alive connection; when it runs
+      out, RequestHeadTimeout is thrown into the greenlet that serves the connection.
+    - The keep-alive idle bound (gunicorn's ``keepalive``): used as gunicorn's
+      ``timeout_ctx()`` around reading each next request; when it runs out the wait ends
+      and gunicorn closes the connection, as with its own ``gevent.Timeout(keepalive,
+      False)``, which this replaces with watchers made once per connection instead of a
+      Timeout and a generator context per request.
+
+    The timers are (re)started with ``again``, which counts from now also after a timer
+    has fired (``start`` would fire at once then).
+    """
+
+    __slots__ = ("_greenlet", "_head_s", "_head", "_first_byte", "_idle", "_head_running")
+
+    def __init__(self, header_timeout: float, keepalive: float, sock):
+        loop = gevent.get_hub().loop
         self._greenlet = gevent.getcurrent()
-        self._loop = gevent.get_hub().loop
-        self._fileno = sock.fileno()
-        self._timer = self._watcher = None
+        self._head_s = header_timeout
+        self._head = loop.timer(header_timeout, header_timeout)
+        self._first_byte = loop.io(sock.fileno(), 1)  # 1: readable
+        self._idle = loop.timer(keepalive, keepalive) if keepalive else None
+        self._head_running = False
 
     @property
     def running(self) -> bool:
-        return self._timer is not None or self._watcher is not None
+        """Whether the head's deadline is counting (or waits for the first byte)."""
+        return self._head_running
 
     def start(self):
-        self._timer = self._loop.timer(self.seconds)
-        self._timer.start(self._greenlet.throw, RequestHeadTimeout(self.seconds))
+        """Start the head's deadline now."""
+        self._head.again(self._head_late)
+        self._head_running = True
 
     def start_on_first_byte(self):
-        """Start the clock once the socket turns readable: the next request has begun."""
-        self._watcher = self._loop.io(self._fileno, 1)  # 1: readable
-        self._watcher.start(self._first_byte)
+        """Start the head's deadline once the socket turns readable: the next request has
+        begun."""
+        self._first_byte.start(self._on_first_byte)
+        self._head_running = True
 
-    def _first_byte(self):
-        self._watcher.stop()
-        self.start()
+    def _on_first_byte(self):
+        self._first_byte.stop()
+        self._head.again(self._head_late)
+
+    def _head_late(self):
+        self._head.stop()
+        self._greenlet.throw(RequestHeadTimeout(self._head_s))
+
+    def _idle_over(self):
+        self._idle.stop()
+        self._greenlet.throw(_KeepAliveIdle())
 
     def stop(self):
-        for watcher in (self._timer, self._watcher):
+        """Stop the head's deadline (the head is complete)."""
+        self._head.stop()
+        self._first_byte.stop()
+        self._head_running = False
+
+    def close(self):
+        for watcher in (self._head, self._first_byte, self._idle):
             if watcher is not None:
                 watcher.stop()
                 watcher.close()
-        self._timer = self._watcher = None
+
+    # -- gunicorn's timeout_ctx(): the keep-alive wait for the next request ----------------
+
+    def __enter__(self):
+        if not self._head_running:
+            self.start_on_first_byte()
+        if self._idle is not None:
+            self._idle.again(self._idle_over)
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if self._idle is not None:
+            self._idle.stop()
+        self.stop()
+        return kind is _KeepAliveIdle  # the idle bound ran out: no next request
+
+
+class HeadHoldingSocket:
+    """The client socket as gunicorn writes one answer to it: the answer's head is held
+    back and sent with the body's first bytes, in one send.
+
+    gunicorn writes the head and the body with two sends; with Nagle on (gunicorn does not
+    set TCP_NODELAY) the body then waits for the client's ACK of the head, and each send
+    is a system call of its own. Anything other than a plain ``sendall`` of body bytes
+    (``sendfile``, ``send``, ``close``...) sends the held head first; ``flush()`` at the
+    end of the request sends it if no body followed.
+    """
+
+    __slots__ = ("_sock", "_held")
+
+    def __init__(self, sock):
+        self._sock = sock
+        self._held = None
+
+    def sendall(self, data):
+        held = self._held
+        if held is not None:
+            self._held = None
+            return self._sock.sendall(held + data)
+        if data[:5] == b"HTTP/" and data[9:10] != b"1" and data[-4:] == b"\r\n\r\n":
+            self._held = bytes(data)  # a final answer's head (not a 1xx interim one)
+            return None
+        return self._sock.sendall(data)
+
+    def flush(self):
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._sock.sendall(held)
+
+    def __getattr__(self, name):
+        if self._held is not None and name in _WRITES:
+            self.flush()
+        return getattr(self._sock, name)
+
+
+# What else can write to (or end) the client socket: the held head goes out first.
+_WRITES = frozenset(("send", "sendto", "sendmsg", "sendfile", "write", "close", "shutdown",
+                     "detach", "makefile"))
 
 
 def render(error: GatewayError) -> bytes:
@@ -159,42 +254,39 @@ class BoundedGeventWorker(GeventWorker):
         # The size of gevent's pool: room beyond the cap to accept surplus clients and refuse
         # them, each of which holds a greenlet for at most LINGER_S.
         self.worker_connections = self.max_served + max(self.max_served, 100)
-        self._deadlines = {}  # greenlet -> HeadDeadline: the connections being served
+        self._clocks = {}  # greenlet -> ConnectionClock: the connections being served
 
     def handle(self, listener, client, addr):
-        if len(self._deadlines) >= self.max_served:
+        if len(self._clocks) >= self.max_served:
             self.log.debug("Refused %s: %d connections served already", addr, self.max_served)
             client.setblocking(1)
             answer_and_close(client, render(BUSY))
             return
         greenlet = gevent.getcurrent()
-        deadline = self._deadlines[greenlet] = HeadDeadline(self.cfg.header_timeout, client)
-        deadline.start()  # the first request's head: counted from accept
+        clock = self._clocks[greenlet] = ConnectionClock(self.cfg.header_timeout,
+                                                         self.cfg.keepalive, client)
+        clock.start()  # the first request's head: counted from accept
         try:
             super().handle(listener, client, addr)
         finally:
-            deadline.stop()
-            del self._deadlines[greenlet]
+            clock.close()
+            del self._clocks[greenlet]
 
-    @contextmanager
     def timeout_ctx(self):
         """gunicorn reads each keep-alive request head inside this: its idle bound, and ours."""
-        deadline = self._deadlines[gevent.getcurrent()]
-        if not deadline.running:
-            deadline.start_on_first_byte()
-        try:
-            with super().timeout_ctx():
-                yield
-        finally:
-            deadline.stop()
+        return self._clocks[gevent.getcurrent()]
 
     def handle_request(self, listener_name, req, sock, addr):
         # The head is complete (with keepalive 0, gunicorn read it outside timeout_ctx).
-        self._deadlines[gevent.getcurrent()].stop()
-        return super().handle_request(listener_name, req, sock, addr)
+        self._clocks[gevent.getcurrent()].stop()
+        held = HeadHoldingSocket(sock)
+        try:
+            return super().handle_request(listener_name, req, held, addr)
+        finally:
+            held.flush()
 
     def handle_http2(self, listener, client, addr, *args, **kwargs):
-        self._deadlines[gevent.getcurrent()].stop()  # HTTP/2 has its own flow control
+        self._clocks[gevent.getcurrent()].stop()  # HTTP/2 has its own flow control
         return super().handle_http2(listener, client, addr, *args, **kwargs)
 
     def handle_error(self, req, client, addr, exc):

@@ -1,6 +1,8 @@
 """The simulator's Falcon app: SGLang's HTTP surface over one simulated engine."""
 
 import datetime
+import functools
+import json
 import logging
 import time
 from http import HTTPStatus
@@ -299,6 +301,11 @@ def create_app(settings, clock=time.time) -> falcon.App:
     runner = GenerationRunner(engine, faults)
     app = falcon.App()
     app.req_options.strip_url_path_trailing_slash = True
+    # JSON answers written as SGLang's FastAPI app writes them (Starlette's JSONResponse,
+    # ORJSONResponse): compact, non-ASCII as UTF-8; falcon's default puts spaces in.
+    compact = falcon.media.JSONHandler(dumps=functools.partial(
+        json.dumps, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = compact
     health = Health(faults)
     app.add_route("/health", health)
     app.add_route("/health_generate", health)
