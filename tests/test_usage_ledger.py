@@ -269,3 +269,35 @@ def test_sigterm_under_load_loses_no_row_for_an_answered_request(start_sim, star
         store.db.close()
     missing = set(answered) - recorded
     assert not missing, f"{len(missing)} of {len(answered)} answered requests have no row"
+
+
+def test_a_batch_with_rows_already_written_stores_each_row_once(storage, tmp_path):
+    """A worker that died after its batch was committed but before its journal was removed
+    leaves rows the database has: recovering them (a batch COPY on PostgreSQL refuses the
+    duplicates) still writes each row exactly once, and the new rows beside them."""
+    from inferegator.store.ledger import UsageLedger
+
+    journal = tmp_path / "journal"
+    store = Store(storage)
+    try:
+        ledger = UsageLedger(store.db, store.accounts, journal_dir=str(journal))
+        for i in range(3):
+            ledger.record({"request_id": f"req-{i}", "key_id": None, "user_id": None,
+                           "model": MODEL, "backend": "b", "status": "completed",
+                           "prompt_tokens": 1, "completion_tokens": 2, "cached_tokens": 0,
+                           "http_status": 200, "cost_usd": 0.0, "latency_ms": 1.0,
+                           "ttft_ms": None, "created": time.time()})
+        (segment,) = [name for name in os.listdir(journal) if name.endswith(".jsonl")]
+        with open(journal / segment) as f:
+            journaled = f.read()
+        assert ledger.flush() == 3
+        # the dead worker's segment: the same three rows, and one the database lacks
+        extra = json.loads(journaled.splitlines()[0])
+        extra[0], extra[-1] = "req-late", extra[-1] + "-late"  # request_id, entry_id
+        (journal / "ledger-dead.jsonl").write_text(journaled + json.dumps(extra) + "\n")
+        assert ledger.recover() == 4  # as written, duplicates skipped
+        rows = store.db.query("SELECT request_id FROM usage_ledger ORDER BY request_id")
+        assert [r["request_id"] for r in rows] == ["req-0", "req-1", "req-2", "req-late"]
+        assert not (journal / "ledger-dead.jsonl").exists()
+    finally:
+        store.db.close()

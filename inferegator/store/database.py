@@ -82,7 +82,7 @@ class Database:
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
-                yield _Cursor(cur, self._sql)
+                yield _Cursor(cur, self._sql, self.dialect)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
@@ -129,9 +129,10 @@ class Database:
 class _Cursor:
     """A cursor that takes ``?`` placeholders whatever the dialect."""
 
-    def __init__(self, cur, translate):
+    def __init__(self, cur, translate, dialect: str):
         self._cur = cur
         self._translate = translate
+        self._dialect = dialect
 
     def execute(self, sql: str, params=()) -> int:
         self._cur.execute(self._translate(sql), params)
@@ -139,6 +140,20 @@ class _Cursor:
 
     def executemany(self, sql: str, rows) -> None:
         self._cur.executemany(self._translate(sql), rows)
+
+    def insert_rows(self, table: str, columns, rows) -> None:
+        """Insert many new rows at once: COPY on PostgreSQL (a tenth of executemany's CPU
+        per row), where a duplicate of a unique value fails the whole batch; on SQLite an
+        INSERT that skips duplicates."""
+        names = ", ".join(columns)
+        if self._dialect == "postgresql":
+            with self._cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            self._cur.executemany(f"INSERT INTO {table} ({names}) VALUES "
+                                  f"({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+                                  rows)
 
     def query(self, sql: str, params=()) -> list[dict]:
         self._cur.execute(self._translate(sql), params)

@@ -18,6 +18,7 @@ import uuid
 
 log = logging.getLogger("inferegator.ledger")
 _SUFFIX = ".jsonl"
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def journal_dir(storage_url: str, configured: str = "") -> str:
@@ -43,7 +44,7 @@ class LedgerJournal:
     def append(self, row: tuple) -> None:
         if self._fd is None:
             self._open()
-        os.write(self._fd, json.dumps(row, separators=(",", ":")).encode() + b"\n")
+        os.write(self._fd, _ENCODE(row).encode() + b"\n")
 
     def _open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)

@@ -36,10 +36,16 @@ _INTS = ("prompt_tokens", "completion_tokens", "cached_tokens", "http_status")
 _FLOATS = ("cost_usd", "latency_ms", "ttft_ms", "created")
 _INT_MAX = 2 ** 31 - 1  # PostgreSQL INTEGER
 RECOVER_EVERY_S = 5.0
+_LAST_DAY = [None, ""]  # (days since the epoch, its date): utc_day's memo
 
 
 def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d")
+    """The UTC date of a timestamp, YYYY-MM-DD (formatted once per day, not per row)."""
+    day = int(ts // 86400)
+    if day != _LAST_DAY[0]:
+        _LAST_DAY[:] = day, datetime.fromtimestamp(day * 86400, timezone.utc).strftime(
+            "%Y-%m-%d")
+    return _LAST_DAY[1]
 
 
 def _text(value, limit: int):
@@ -129,8 +135,8 @@ class UsageLedger:
         """(rows written, rows kept for the next try)."""
         try:
             with self.db.transaction() as cur:  # rows and last-used together, or neither
-                if rows:
-                    cur.executemany(_INSERT, rows)
+                if rows:  # a row written before (a retried batch) fails it: see below
+                    cur.insert_rows("usage_ledger", COLUMNS, rows)
                 if last_used:
                     self.accounts.touch_keys(last_used, cur)
             return len(rows), []
@@ -139,7 +145,9 @@ class UsageLedger:
                 log.error("ledger write failed (%s); %d rows kept for the next try", exc,
                           len(rows))
                 return 0, rows
-        written = 0  # the database refused something in the batch: find the row, keep going
+        # The database refused something in the batch (a value, or a row already written
+        # by a batch whose commit was not confirmed): row by row, duplicates skipped.
+        written = 0
         for i, row in enumerate(rows):
             try:
                 with self.db.transaction() as cur:
