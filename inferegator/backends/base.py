@@ -36,6 +36,7 @@ _CONTEXT_ERROR = re.compile(r"(maximum context length|longer than the model's co
 # Statuses whose meaning the pipeline settles without the body: 401/403 (our credentials),
 # 429 (busy) and 5xx. Any other error status with no JSON body is the backend's fault.
 _STATUSES_WITHOUT_BODY = (401, 403, 429)
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # the body sent upstream
 
 
 def upstream_request_id(request_id: str) -> str:
@@ -51,7 +52,8 @@ def upstream_request_id(request_id: str) -> str:
     if _UUID.fullmatch(lowered):
         return lowered
     if lowered.startswith("req-") and _HEX32.fullmatch(lowered[4:]):
-        return str(uuid.UUID(hex=lowered[4:]))
+        h = lowered[4:]
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     return str(uuid.UUID(bytes=hashlib.sha256(request_id.encode()).digest()[:16], version=4))
 
 
@@ -208,8 +210,8 @@ class BackendAdapter:
         rid = headers.get("X-Request-ID")
         if rid is not None:
             headers = {**headers, "X-Request-ID": upstream_request_id(rid)}
-        response = self.transport.post(self.endpoint_path(endpoint), json.dumps(body).encode(),
-                                       headers, stream=True)
+        response = self.transport.post(self.endpoint_path(endpoint),
+                                       _COMPACT(body).encode(), headers, stream=True)
         status = response.status_code
         if 400 <= status < 500 and status not in _STATUSES_WITHOUT_BODY:
             try:

@@ -8,6 +8,7 @@ everything else on as the bytes that arrived. Chat and completions streams end w
 """
 
 import base64
+import functools
 import json
 import struct
 
@@ -74,13 +75,23 @@ def rewrite_json(content: bytes, public_model: str, edit=None, fix=None,
     return json.dumps(body, separators=(",", ":")).encode(), Usage.from_upstream(usage)
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _member(key: str, value) -> bytes | None:
     """``,"key":value`` as compact JSON writes it (SGLang's orjson does), or None if the
     value cannot be written back byte for byte (floats)."""
+    if value is None:
+        return b',"' + key.encode() + b'":null'
     if isinstance(value, float):
         return None
-    return b',"' + key.encode() + b'":' + json.dumps(value, separators=(",", ":"),
-                                                      ensure_ascii=False).encode()
+    return b',"' + key.encode() + b'":' + _COMPACT(value).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _model_edit(upstream: str, public: str) -> tuple[bytes, bytes]:
+    """The model member as the upstream wrote it, and as the client gets it."""
+    return _member("model", upstream)[1:], _member("model", public)[1:]
 
 
 def splice_answer(content: bytes, body: dict, public_model: str, fix, request):
@@ -102,7 +113,7 @@ def splice_answer(content: bytes, body: dict, public_model: str, fix, request):
     model = body.get("model")
     if not isinstance(model, str):
         return None
-    edits = [(_member("model", model)[1:], _member("model", public_model)[1:])]
+    edits = [_model_edit(model, public_model)]
     usage = body.get("usage")
     if isinstance(usage, dict):
         edits.extend((_member(key, None), b"") for key, value in usage.items()
