@@ -9,9 +9,11 @@ binary, no persistence, on a free port; tests/support/redis_server.py):
    rate_limits plugin calls them, with `MemoryWindowStore` and with `RedisWindowStore`.
    One key, limits far too high to refuse, a chat body like the end-to-end one
    (max_tokens 16). The real usage given to `finished` (20 + 16 tokens) differs from the
-   reservation (estimate 23 + 16), so every admission reconciles: with Redis that is two
-   round trips (one EVALSHA of window.lua, one of reconcile.lua). A plain PING round trip
-   is timed too, as the floor. This process is not gevent-patched here.
+   reservation (estimate 23 + 16), so every admission reconciles: with Redis that is one
+   EVALSHA of window.lua waited for and one of reconcile.lua sent without waiting (the
+   store's PipelinedRedis client; bench/redis_client_cost.py compares it with redis-py).
+   A plain redis-py PING round trip is timed too, as the floor. This process is not
+   gevent-patched here.
 2. **Throughput of one gevent-patched process on Redis.** A subprocess that runs
    `gevent.monkey.patch_all()` first (as a gateway worker does) runs admit + finished in a
    closed loop for --seconds per phase: 1 greenlet on one key, --greenlets greenlets on
@@ -72,7 +74,11 @@ from inferegator.config.model import RateLimitConfig  # noqa: E402
 from inferegator.gateway.request import estimate_prompt_tokens  # noqa: E402
 from inferegator.outcome import RequestOutcome, Usage  # noqa: E402
 from inferegator.ratelimit.limiter import RateLimiter  # noqa: E402
-from inferegator.ratelimit.stores import MemoryWindowStore, RedisWindowStore  # noqa: E402
+from inferegator.ratelimit.stores import (  # noqa: E402
+    ADMIT,
+    MemoryWindowStore,
+    RedisWindowStore,
+)
 from inferegator.store.accounts import KeyRecord  # noqa: E402
 
 OUT_DIR = BENCH_DIR / "out"
@@ -101,7 +107,7 @@ def make_principal(key_id: str) -> Principal:
 
 
 def make_request(i: int):
-    return SimpleNamespace(body=BODY, max_tokens=16, n=1, request_id=f"req-{i}",
+    return SimpleNamespace(body=BODY, max_tokens=16, n=1, request_id=f"req-{i}", generates=True,
                            endpoint="chat", model_id=MODEL.id, stream=False, principal=None,
                            prompt_estimate=estimate_prompt_tokens("chat", BODY),
                            response_headers={}, plugin_data={})
@@ -206,8 +212,8 @@ def inprocess_all(redis, args) -> list[dict]:
             time.sleep(0.05)
             store = RedisWindowStore(redis.url)
             rows += inprocess("redis", store, args.n_redis, 500, placement, redis)
-            rows.append(ping_rtt(store._redis, args.n_redis, placement))
-            store._redis.close()
+            rows.append(ping_rtt(redis.client, args.n_redis, placement))
+            store.close()
             redis.client.flushall()
     finally:
         pin(redis.proc.pid, "unpinned")
@@ -250,12 +256,14 @@ def _timed_phase(limiter, principals, greenlets, seconds):
 
 
 def throughput_worker(spec: dict) -> dict:
+    import redis
+
+    admin = redis.Redis.from_url(spec["url"])
     store = RedisWindowStore(spec["url"])
     limiter = make_limiter(store)
-    pool = store._redis.connection_pool
     results = []
     for phase in spec["phases"]:
-        store._redis.flushall()
+        admin.flushall()
         principals = [make_principal(f"bench-{phase['name']}-{k}")
                       for k in range(phase["keys"])]
         greenlets = phase["greenlets"]
@@ -281,10 +289,10 @@ def throughput_worker(spec: dict) -> dict:
             # interrupts; 0 on an otherwise idle machine
             "other_cores": busy_share(m0, m1) * os.cpu_count()
             - ((own1.user + own1.system) - (own0.user + own0.system) + redis1 - redis0) / wall,
-            # connections the (bounded, blocking) pool has opened
-            "redis_connections": len(pool._connections),
+            # the store's connections to redis-server (less this admin one)
+            "redis_connections": admin.info("clients")["connected_clients"] - 1,
         })
-    store._redis.flushall()
+    admin.flushall()
     return {"results": results}
 
 
@@ -307,9 +315,10 @@ def throughput(url: str, redis_pid: int, args) -> list[dict]:
 
 # -- 2b. the cost of a refusal on a key whose window is full -----------------------------
 
-def fill_window(limiter, principal, size: int) -> None:
+def fill_window(limiter, principal, size: int, admin=None) -> None:
     """size admissions on the key's limits, as RedisWindowStore.admit would send them, but
-    pipelined (or directly, for the memory store) so that filling is quick."""
+    in redis-py pipelines on admin (or directly, for the memory store) so that filling is
+    quick."""
     store = limiter.store
     request = make_request(0)
     limits, _ = limiter.limits_for(principal, MODEL, request)
@@ -320,23 +329,24 @@ def fill_window(limiter, principal, size: int) -> None:
     keys, base = [], [limiter.window_ms]
     for limit in limits:
         keys += [limit.key + ":z", limit.key + ":h", limit.key + ":sum"]
+    admin.script_load(ADMIT.text)
     for start in range(0, size, 1000):
-        pipe = store._redis.pipeline(transaction=False)
+        pipe = admin.pipeline(transaction=False)
         for i in range(start, min(start + 1000, size)):
             args = base + [f"fill-{i}"]
             for limit in limits:
                 args += [limit.maximum, limit.amount]
-            store._admit(keys=keys, args=args, client=pipe)
+            pipe.evalsha(ADMIT.sha, len(keys), *keys, *args)
         pipe.execute()
 
 
-def refusals(store_name: str, store, size: int, budget_s: float = 1.0) -> dict:
+def refusals(store_name: str, store, size: int, budget_s: float = 1.0, admin=None) -> dict:
     """A key with requests_per_minute = size, its window full: time per refused admit."""
     limiter = make_limiter(store)
     principal = make_principal(f"bench-full-{size}")
     record = principal.attributes["key"]
     object.__setattr__(record, "requests_per_minute", size)  # KeyRecord is frozen
-    fill_window(limiter, principal, size)
+    fill_window(limiter, principal, size, admin)
     samples, deadline = [], time.perf_counter() + budget_s
     while len(samples) < 200 and time.perf_counter() < deadline:
         request = make_request(len(samples))
@@ -353,8 +363,8 @@ def refusal_all(redis, sizes) -> list[dict]:
     for size in sizes:
         rows.append(refusals("memory", MemoryWindowStore(), size))
         store = RedisWindowStore(redis.url)
-        rows.append(refusals("redis", store, size))
-        store._redis.close()
+        rows.append(refusals("redis", store, size, admin=redis.client))
+        store.close()
         redis.client.flushall()
     return rows
 
@@ -571,6 +581,7 @@ def main() -> int:
         print(f"# in-process done in {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
         t = time.perf_counter()
+        redis.client.connection_pool.disconnect()  # the worker counts the store's connections
         record["throughput"] = throughput(redis.url, redis.proc.pid, args)
         redis.client.flushall()
         print(f"# throughput done in {time.perf_counter() - t:.1f} s", file=sys.stderr)

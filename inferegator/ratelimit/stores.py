@@ -1,16 +1,20 @@
 """Sliding-window counters: in memory (one worker) or in Redis (shared, one script call).
 
 Both answer ``admit(limits, member, window_ms)`` all or nothing over every limit of
-a request, ``reconcile(limit_key, member, amount)`` to correct an amount later, and
-``peek(limits, window_ms)`` to read what the windows hold now without admitting anything.
+a request, ``reconcile(limit_key, member, amount)`` to correct an amount later (Redis:
+without waiting for it), and ``peek(limits, window_ms)`` to read what the windows hold
+now without admitting anything.
 Each admission is remembered (member -> amount) until it leaves the window, which is
 what makes counts exact: a limit of N admits N in any window, never N + 1.
 """
 
+import hashlib
 import pathlib
 import time
 from collections import deque
 from dataclasses import dataclass
+
+from .resp import PipelinedRedis, RedisReplyError
 
 _LUA = pathlib.Path(__file__).parent
 
@@ -108,21 +112,112 @@ class MemoryWindowStore:
         window[1][member] = amount
 
 
-class RedisWindowStore:
-    """Counters shared by every worker and replica: one Lua script call per admission."""
+@dataclass(frozen=True)
+class Script:
+    """A Lua script of this package, by the SHA1 that EVALSHA names it with."""
 
-    def __init__(self, url: str, timeout_s: float = 0.5):
+    text: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> "Script":
+        text = (_LUA / name).read_text()
+        return cls(text, hashlib.sha1(text.encode()).hexdigest())
+
+
+ADMIT = Script.load("window.lua")
+RECONCILE = Script.load("reconcile.lua")
+PEEK = Script.load("peek.lua")
+
+
+class _PipelinedScripts:
+    """Scripts over PipelinedRedis (redis://, unix://): one shared connection per process.
+
+    ``run`` waits for the reply, ``send`` does not. A script Redis has not cached (after
+    a restart or SCRIPT FLUSH: a NOSCRIPT error) is loaded and run again once; a sent one
+    is sent again as EVAL with its text instead (from the hub, where nothing may wait).
+    """
+
+    def __init__(self, url: str, timeout_s: float):
+        self.client = PipelinedRedis(url, timeout_s)
+        self._texts = {script.sha: script.text for script in (ADMIT, RECONCILE, PEEK)}
+
+    def run(self, script: Script, keys: list, args: list) -> list:
+        call = self.client.call
+        try:
+            try:
+                return call("EVALSHA", script.sha, len(keys), *keys, *args)
+            except RedisReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                call("SCRIPT", "LOAD", script.text)
+                return call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except (RedisReplyError, OSError) as exc:  # RedisUnavailable is an OSError
+            raise StoreUnavailable(str(exc)) from None
+
+    def send(self, script: Script, keys: list, args: list) -> None:
+        try:
+            self.client.send("EVALSHA", script.sha, len(keys), *keys, *args,
+                             on_error=self._resend)
+        except OSError as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    def _resend(self, error, command) -> bool:
+        if not str(error).startswith("NOSCRIPT"):
+            return False  # logged by the client
+        self.client.send("EVAL", self._texts[command[1]], *command[2:])
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _RedisPyScripts:
+    """Scripts over redis-py (rediss://, which PipelinedRedis does not speak): a bounded
+    pool of blocking connections; ``send`` waits for its reply too."""
+
+    def __init__(self, url: str, timeout_s: float):
         import redis
 
         # Bounded: a stalled Redis must not make each worker open a connection per request.
         pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=timeout_s,
                                                      socket_timeout=timeout_s,
                                                      socket_connect_timeout=timeout_s)
-        self._redis = redis.Redis(connection_pool=pool)
+        self.client = redis.Redis(connection_pool=pool)
         self._errors = (redis.RedisError, OSError)  # incl. the pool's wait timing out
-        self._admit = self._redis.register_script((_LUA / "window.lua").read_text())
-        self._reconcile = self._redis.register_script((_LUA / "reconcile.lua").read_text())
-        self._peek = self._redis.register_script((_LUA / "peek.lua").read_text())
+        # redis-py's Script runs EVALSHA, and on NOSCRIPT loads the script and runs it again
+        self._scripts = {script: self.client.register_script(script.text)
+                         for script in (ADMIT, RECONCILE, PEEK)}
+
+    def run(self, script: Script, keys: list, args: list) -> list:
+        try:
+            return self._scripts[script](keys=keys, args=args)
+        except self._errors as exc:
+            raise StoreUnavailable(str(exc)) from None
+
+    send = run
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisWindowStore:
+    """Counters shared by every worker and replica: one Lua script call per admission.
+
+    redis:// and unix:// URLs go through PipelinedRedis (one pipelined connection per
+    process, a fraction of redis-py's CPU per call); rediss:// through redis-py, or any
+    URL with ``pipelined=False``. ``admit`` and ``peek`` wait for Redis; ``reconcile``
+    does not (its reply is read and dropped), so it raises StoreUnavailable only when no
+    connection can be opened, and a failure after that is logged, not raised.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 0.5, pipelined: bool | None = None):
+        tls = url.partition("://")[0].lower() == "rediss"
+        if pipelined is None:
+            pipelined = not tls
+        elif pipelined and tls:
+            raise ValueError("PipelinedRedis does not speak TLS (rediss://)")
+        self._redis = (_PipelinedScripts if pipelined else _RedisPyScripts)(url, timeout_s)
 
     @staticmethod
     def _keys(limits: list[Limit]) -> list[str]:
@@ -130,33 +225,31 @@ class RedisWindowStore:
         return [name for limit in limits
                 for name in (limit.key + ":z", limit.key + ":h", limit.key + ":sum")]
 
-    def _call(self, script, keys, args) -> Decision:
-        try:
-            out = script(keys=keys, args=args)
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from None
-        values = [int(v) for v in out]
+    @staticmethod
+    def _decision(reply: list) -> Decision:
+        values = [int(v) for v in reply]
         return Decision(values[0] == 1, values[1], values[2], values[3::2], values[4::2])
 
     def admit(self, limits: list[Limit], member: str, window_ms: int) -> Decision:
         args = [window_ms, member]
         for limit in limits:
             args += [limit.maximum, limit.amount]
-        return self._call(self._admit, self._keys(limits), args)
+        return self._decision(self._redis.run(ADMIT, self._keys(limits), args))
 
     def peek(self, limits: list[Limit], window_ms: int) -> Decision:
         """What each limit's window holds now, in one script call; nothing added."""
-        return self._call(self._peek, self._keys(limits), [window_ms])
+        return self._decision(self._redis.run(PEEK, self._keys(limits), [window_ms]))
 
     def reconcile(self, key: str, member: str, amount: int) -> None:
-        try:
-            self._reconcile(keys=[key + ":h", key + ":sum"], args=[member, amount])
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from None
+        self._redis.send(RECONCILE, [key + ":h", key + ":sum"], [member, amount])
+
+    def close(self) -> None:
+        """Close the connection(s); a later call opens them again."""
+        self._redis.close()
 
 
 def open_window_store(url: str):
-    """`memory` or a redis:// (rediss://, unix://) URL."""
+    """`memory` or a redis://, unix:// or rediss:// URL."""
     if url == "memory":
         return MemoryWindowStore()
     return RedisWindowStore(url)
