@@ -1,5 +1,6 @@
 """The runtime supervisor starts, restarts and stops real simulator processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -182,7 +183,8 @@ def test_sglang_runtime_runs_its_launcher_with_its_gpus_and_restarts(supervise):
     assert supervisor.wait_healthy(10)  # probed on SGLang's /health at its host and port
     url = f"http://127.0.0.1:{runtime.port}"
     with urllib.request.urlopen(url + "/v1/models", timeout=5) as resp:
-        assert b'"id": "acme/weights"' in resp.read()  # no served name: the model path
+        # no served name: the model path
+        assert json.loads(resp.read())["data"][0]["id"] == "acme/weights"
     [(argv, env)] = launches
     assert argv == [sys.executable, "-m", "inferegator.simulator.launch_server",
                     "--model-path", "acme/weights", "--host", "127.0.0.1",

@@ -38,7 +38,8 @@ def read_all(response) -> bytes:
     return b"".join(response.iter_content(None))
 
 
-def test_sequential_requests_share_one_kept_alive_connection(sim):
+def test_sequential_requests_share_one_kept_alive_connection(start_sim):
+    sim = start_sim("--decode-ms-per-token", "5")  # a stream's events come apart
     transport = GeventHttpTransport(sim.url, pool_size=4)
     for _ in range(5):
         response = transport.post(CHAT, chat_body())
@@ -55,9 +56,11 @@ def test_sequential_requests_share_one_kept_alive_connection(sim):
     transport.close()
 
 
-def test_beyond_the_pool_extra_connections_open_and_only_pool_size_stay(sim):
+def test_beyond_the_pool_extra_connections_open_and_only_pool_size_stay(start_sim):
+    # paced, so that no stream has ended (and pooled its connection) before the next opens
+    sim = start_sim("--decode-ms-per-token", "20")
     transport = GeventHttpTransport(sim.url, pool_size=2)
-    open_streams = [transport.post(CHAT, chat_body(stream=True, max_tokens=64), stream=True)
+    open_streams = [transport.post(CHAT, chat_body(stream=True, max_tokens=16), stream=True)
                     for _ in range(4)]
     assert transport.connections_opened == 4  # nobody waited for a pooled connection
     for response in open_streams:
@@ -65,7 +68,8 @@ def test_beyond_the_pool_extra_connections_open_and_only_pool_size_stay(sim):
     for _ in range(2):  # two kept, reused one after the other
         read_all(transport.post(CHAT, chat_body()))
     assert transport.connections_opened == 4
-    at_once = [transport.post(CHAT, chat_body(stream=True), stream=True) for _ in range(3)]
+    at_once = [transport.post(CHAT, chat_body(stream=True, max_tokens=16), stream=True)
+               for _ in range(3)]
     assert transport.connections_opened == 5  # the two kept, one new
     for response in at_once:
         read_all(response)

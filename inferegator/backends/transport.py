@@ -43,6 +43,7 @@ import ssl
 from urllib.parse import urlsplit
 
 import certifi
+import gevent
 import gevent.socket
 import gevent.ssl
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
@@ -308,23 +309,35 @@ class _GeventSSLPool(_PoolMixin, SSLConnectionPool):
 
 
 class _GeventResponse(UpstreamResponse):
-    __slots__ = ("_raw",)
+    """An answer whose body is read with the socket in blocking mode (no gevent Timeout
+    made per wait) and the read timeout kept by one timer per answer, re-armed around each
+    recv: the body of a stream is read once per event."""
 
-    def __init__(self, raw: HTTPSocketPoolResponse):
+    __slots__ = ("_raw", "_read_timeout", "_timer", "_reader")
+
+    def __init__(self, raw: HTTPSocketPoolResponse, read_timeout: float):
         fields = {}
         for name, value in raw.items():
             name = name.lower()
             fields[name] = f"{fields[name]}, {value}" if name in fields else value
         super().__init__(raw.status_code, UpstreamHeaders(fields))
         self._raw = raw
+        self._read_timeout = read_timeout
+        self._timer = self._reader = None
 
     @property
     def finished(self) -> bool:
         return self._raw.message_complete and not self._raw._body_buffer
 
+    def _late(self) -> None:
+        """The read timeout passed with no data: raised in the reading greenlet."""
+        self._timer.stop()
+        self._reader.throw(TimeoutError("no data within the read timeout"))
+
     def _wire(self, chunk_size):
         raw = self._raw
         buffer = raw._body_buffer  # the parser appends the decoded body here
+        timer = self._timer
         try:
             while True:
                 if buffer:
@@ -341,14 +354,23 @@ class _GeventResponse(UpstreamResponse):
                 sock = raw._sock
                 if sock is None:
                     raise TransportError("broken", "connection closed before the answer ended")
-                data = sock.recv(READ_BLOCK_BYTES)
+                if timer is None:
+                    sock.settimeout(None)  # blocking: the timer below bounds each wait
+                    timer = self._timer = gevent.get_hub().loop.timer(self._read_timeout,
+                                                                      self._read_timeout)
+                self._reader = gevent.getcurrent()
+                timer.again(self._late)
+                try:
+                    data = sock.recv(READ_BLOCK_BYTES)
+                finally:
+                    timer.stop()
                 raw.feed(data)  # b"": the end of a close-delimited body, or an error
                 if not data and not raw.message_complete:
                     raise TransportError("broken", "connection closed before the answer ended")
         except TransportError:
             raw.release()
             raise
-        except TimeoutError as exc:  # socket.timeout
+        except TimeoutError as exc:  # the timer's, or socket.timeout
             raw.release()
             raise TransportError("read_timeout", "no data within the read timeout") from exc
         except (HTTPParseError, OSError) as exc:
@@ -359,6 +381,9 @@ class _GeventResponse(UpstreamResponse):
     def close(self) -> None:
         # finished: the parser released the socket into the pool already (_sock is None);
         # unfinished: release() sees should_close() and closes it
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
         self._raw.release()
 
 
@@ -431,7 +456,8 @@ class GeventHttpTransport(Transport):
         except BaseException:
             pool.release_socket(sock)
             raise
-        response = _GeventResponse(raw)
+        response = _GeventResponse(raw, self.read_timeout if read_timeout is None
+                                   else read_timeout)
         if not stream:
             try:
                 response.preload()
