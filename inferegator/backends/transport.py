@@ -49,6 +49,8 @@ import gevent.ssl
 from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPSocketPoolResponse
 
+from ..sockets import send_all
+
 READ_BLOCK_BYTES = 65536  # the most one recv takes: an SSE event is far smaller
 # Sent with every request unless the caller's headers say otherwise: the body is JSON and
 # must come back undecoded (neither transport decodes gzip, unlike requests).
@@ -443,7 +445,7 @@ class GeventHttpTransport(Transport):
             raise TransportError("connect", str(exc)) from exc
         try:
             sock.settimeout(self.read_timeout if read_timeout is None else read_timeout)
-            sock.sendall(request)
+            send_all(sock, request)
             # reads the head (releases the socket itself if that fails)
             raw = HTTPSocketPoolResponse(sock, pool, block_size=READ_BLOCK_BYTES,
                                          method="POST")

@@ -25,6 +25,7 @@ from gunicorn.config import Setting
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import GatewayError
+from ..sockets import os_socket, send_all
 
 # After a final answer the client gets this long (and this much input) to hang up before
 # the socket is closed: closing on unread input sends a reset, and a reset can destroy the
@@ -157,30 +158,35 @@ class HeadHoldingSocket:
     set TCP_NODELAY) the body then waits for the client's ACK of the head, and each send
     is a system call of its own. Anything other than a plain ``sendall`` of body bytes
     (``sendfile``, ``send``, ``close``...) sends the held head first; ``flush()`` at the
-    end of the request sends it if no body followed.
+    end of the request sends it if no body followed. Writes skip gevent's ``sendall``
+    where they can (``sockets.send_all``).
     """
 
-    __slots__ = ("_sock", "_held")
+    __slots__ = ("_sock", "_raw", "_held")
 
     def __init__(self, sock):
         self._sock = sock
+        self._raw = os_socket(sock)
         self._held = None
 
     def sendall(self, data):
         held = self._held
         if held is not None:
             self._held = None
-            return self._sock.sendall(held + data)
-        if data[:5] == b"HTTP/" and data[9:10] != b"1" and data[-4:] == b"\r\n\r\n":
+            data = held + data
+        elif data[:5] == b"HTTP/" and data[9:10] != b"1" and data[-4:] == b"\r\n\r\n":
             self._held = bytes(data)  # a final answer's head (not a 1xx interim one)
-            return None
-        return self._sock.sendall(data)
+            return
+        if self._raw is None:
+            self._sock.sendall(data)
+        else:
+            send_all(self._sock, data, self._raw)
 
     def flush(self):
         held = self._held
         if held is not None:
             self._held = None
-            self._sock.sendall(held)
+            send_all(self._sock, held, self._raw)
 
     def __getattr__(self, name):
         if self._held is not None and name in _WRITES:
