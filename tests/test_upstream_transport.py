@@ -145,3 +145,20 @@ def test_a_header_that_would_inject_another_is_refused_before_sending(sim, heade
     with pytest.raises(ValueError):
         transport.post(CHAT, chat_body(), headers)
     assert transport.connections_opened == 0
+
+
+def test_a_backend_that_never_answers_hits_the_read_timeout():
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel accepts the connection; nobody ever answers
+    transport = GeventHttpTransport(f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                    read_timeout=0.1)
+    started = time.monotonic()
+    with pytest.raises(TransportError) as raised:
+        transport.post(CHAT, chat_body())
+    assert raised.value.kind == "read_timeout"
+    assert 0.1 <= time.monotonic() - started < 2
+    silent.close()

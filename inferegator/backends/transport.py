@@ -310,36 +310,54 @@ class _GeventSSLPool(_PoolMixin, SSLConnectionPool):
     pass
 
 
+class _ReadClock:
+    """One answer's read timeout: a timer re-armed around each wait for its bytes (the
+    request's send, its head, each read of its body), which throws TimeoutError into the
+    waiting greenlet when it runs out. The socket itself stays without a timeout: gevent
+    would make a Timeout object for every wait on it."""
+
+    __slots__ = ("_timer", "_greenlet")
+
+    def __init__(self, seconds: float):
+        self._timer = gevent.get_hub().loop.timer(seconds, seconds)
+        self._greenlet = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.getcurrent()
+        self._timer.again(self._late)
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    def close(self) -> None:
+        self._timer.stop()
+        self._timer.close()
+
+    def _late(self) -> None:
+        self._timer.stop()
+        self._greenlet.throw(TimeoutError("no data within the read timeout"))
+
+
 class _GeventResponse(UpstreamResponse):
-    """An answer whose body is read with the socket in blocking mode (no gevent Timeout
-    made per wait) and the read timeout kept by one timer per answer, re-armed around each
-    recv: the body of a stream is read once per event."""
+    __slots__ = ("_raw", "_clock")
 
-    __slots__ = ("_raw", "_read_timeout", "_timer", "_reader")
-
-    def __init__(self, raw: HTTPSocketPoolResponse, read_timeout: float):
+    def __init__(self, raw: HTTPSocketPoolResponse, clock: _ReadClock):
         fields = {}
         for name, value in raw.items():
             name = name.lower()
             fields[name] = f"{fields[name]}, {value}" if name in fields else value
         super().__init__(raw.status_code, UpstreamHeaders(fields))
         self._raw = raw
-        self._read_timeout = read_timeout
-        self._timer = self._reader = None
+        self._clock = clock
 
     @property
     def finished(self) -> bool:
         return self._raw.message_complete and not self._raw._body_buffer
 
-    def _late(self) -> None:
-        """The read timeout passed with no data: raised in the reading greenlet."""
-        self._timer.stop()
-        self._reader.throw(TimeoutError("no data within the read timeout"))
-
     def _wire(self, chunk_size):
         raw = self._raw
         buffer = raw._body_buffer  # the parser appends the decoded body here
-        timer = self._timer
+        clock = self._clock
         try:
             while True:
                 if buffer:
@@ -356,16 +374,11 @@ class _GeventResponse(UpstreamResponse):
                 sock = raw._sock
                 if sock is None:
                     raise TransportError("broken", "connection closed before the answer ended")
-                if timer is None:
-                    sock.settimeout(None)  # blocking: the timer below bounds each wait
-                    timer = self._timer = gevent.get_hub().loop.timer(self._read_timeout,
-                                                                      self._read_timeout)
-                self._reader = gevent.getcurrent()
-                timer.again(self._late)
+                clock.start()
                 try:
                     data = sock.recv(READ_BLOCK_BYTES)
                 finally:
-                    timer.stop()
+                    clock.stop()
                 raw.feed(data)  # b"": the end of a close-delimited body, or an error
                 if not data and not raw.message_complete:
                     raise TransportError("broken", "connection closed before the answer ended")
@@ -383,9 +396,7 @@ class _GeventResponse(UpstreamResponse):
     def close(self) -> None:
         # finished: the parser released the socket into the pool already (_sock is None);
         # unfinished: release() sees should_close() and closes it
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        self._clock.close()
         self._raw.release()
 
 
@@ -443,23 +454,29 @@ class GeventHttpTransport(Transport):
             raise TransportError("connect_timeout", str(exc) or "connect timed out") from exc
         except OSError as exc:  # DNS, unreachable, TLS (ssl.SSLError is an OSError)
             raise TransportError("connect", str(exc)) from exc
+        clock = _ReadClock(self.read_timeout if read_timeout is None else read_timeout)
         try:
-            sock.settimeout(self.read_timeout if read_timeout is None else read_timeout)
+            if sock.timeout is not None:  # a new connection: still its connect timeout
+                sock.settimeout(None)
+            clock.start()
             send_all(sock, request)
             # reads the head (releases the socket itself if that fails)
             raw = HTTPSocketPoolResponse(sock, pool, block_size=READ_BLOCK_BYTES,
                                          method="POST")
         except TimeoutError as exc:
+            clock.close()
             pool.release_socket(sock)
             raise TransportError("read_timeout", "no answer within the read timeout") from exc
         except (HTTPParseError, OSError) as exc:
+            clock.close()
             pool.release_socket(sock)
             raise TransportError("broken", str(exc) or exc.__class__.__name__) from exc
         except BaseException:
+            clock.close()
             pool.release_socket(sock)
             raise
-        response = _GeventResponse(raw, self.read_timeout if read_timeout is None
-                                   else read_timeout)
+        clock.stop()
+        response = _GeventResponse(raw, clock)
         if not stream:
             try:
                 response.preload()
