@@ -3,6 +3,7 @@
 import socket
 
 import gevent
+import gevent.event
 import gevent.socket
 
 from inferegator.sockets import os_socket, send_all
@@ -37,3 +38,23 @@ def test_small_writes_go_out_as_they_are():
     assert right.recv(100) == b"data: one\n\ndata: two\n\n"
     left.close()
     right.close()
+
+
+def test_the_disconnect_watch_reads_the_os_socket_under_the_workers_wrapper():
+    from inferegator.serving.disconnect import watch_disconnect
+    from inferegator.serving.worker import HeadHoldingSocket
+
+    left, right = gevent.socket.socketpair()
+    gone = gevent.event.Event()
+    stop = watch_disconnect({"gunicorn.socket": HeadHoldingSocket(left)}, gone.set)
+    right.send(b"GET / HTTP/1.1\r\n")  # a pipelined request: readable, but still there
+    assert not gone.wait(0.2)
+    stop()
+    left.close()
+    right.close()
+    left, right = gevent.socket.socketpair()
+    stop = watch_disconnect({"gunicorn.socket": HeadHoldingSocket(left)}, gone.set)
+    right.close()  # hung up: readable with nothing to read
+    assert gone.wait(5)
+    stop()
+    left.close()

@@ -5,6 +5,7 @@ write. A watcher greenlet waits for the client socket to turn readable: once the
 request body has been read, readable with nothing to read means the peer closed.
 """
 
+import _socket
 import errno
 import socket
 
@@ -21,7 +22,9 @@ def watch_disconnect(environ, on_disconnect):
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return _noop
-    raw = getattr(sock, "_sock", sock)  # the OS socket under gevent's wrapper
+    raw = sock
+    while not isinstance(raw, _socket.socket):  # under the worker's and gevent's wrappers
+        raw = raw._sock
     watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
 
     def readable():
