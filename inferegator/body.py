@@ -30,14 +30,16 @@ def read_body(req, limit: int, timeout_s: float) -> bytes:
         raise body_too_large(limit)
     # Without Content-Length the server has decoded a chunked body, or has none to give.
     stream = req.bounded_stream if length is not None else req.stream
-    timer = gevent.Timeout(timeout_s, _BodyTimeout)
-    timer.start()
+    # a bare loop timer: gevent.Timeout costs a few µs more per request
+    timer = gevent.get_hub().loop.timer(timeout_s)
+    timer.start(gevent.getcurrent().throw, _BodyTimeout)
     try:
         data = stream.read(limit + 1)
     except _BodyTimeout:
         raise GatewayError(408, f"The request body did not arrive within {timeout_s:g} s.",
                            "invalid_request_error", "request_timeout") from None
     finally:
+        timer.stop()
         timer.close()
     if len(data) > limit:
         raise body_too_large(limit)

@@ -15,7 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ..config.model import ResilienceConfig
-from ..errors import GatewayError, UpstreamFault, upstream_unreadable_error
+from ..errors import GatewayError, UpstreamFault, upstream_timeout, upstream_unreadable_error
 from .health import CircuitBreaker
 from .transport import GeventHttpTransport, TransportError, UpstreamResponse
 
@@ -183,6 +183,10 @@ class BackendAdapter:
         return float(self.in_flight + max(others, 0))
 
     # -- shared behaviour -----------------------------------------------------------------
+
+    def deadline_fault(self) -> UpstreamFault:
+        """What a request gets that this backend has not answered within total_timeout_s."""
+        return UpstreamFault(upstream_timeout(self.total_timeout_s))
 
     def lease(self) -> BackendLease | None:
         """Take this backend for one request, or None if its circuit says no."""

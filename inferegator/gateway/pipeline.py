@@ -196,8 +196,7 @@ class Pipeline:
         None, the error or None) when another backend may be tried; raises when none
         should be."""
         backend = lease.backend
-        watch.arm(backend.total_timeout_s,
-                  UpstreamFault(upstream_timeout(backend.total_timeout_s)))
+        watch.arm(backend.total_timeout_s, backend.deadline_fault)
         if ENDPOINTS[greq.endpoint].names_model:
             body["model"] = backend.upstream_model
         if greq.stream and backend.supports_continuous_usage and "stream_options" in body:

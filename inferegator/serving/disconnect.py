@@ -85,9 +85,9 @@ class ClientWatch:
         if self.waiting:
             gevent.kill(self._greenlet, ClientDisconnected())
 
-    def arm(self, seconds: float, exception: BaseException) -> None:
-        """Raise ``exception`` into the upstream wait ``seconds`` from now (re-arming moves
-        the deadline)."""
+    def arm(self, seconds: float, exception) -> None:
+        """Raise ``exception()`` into the upstream wait ``seconds`` from now (re-arming moves
+        the deadline); the exception is made only if the deadline passes."""
         if self._timer is not None:
             self._timer.stop()
             self._timer.close()
@@ -99,7 +99,7 @@ class ClientWatch:
     def _expire(self):
         self.expired = True
         if self.waiting:
-            gevent.kill(self._greenlet, self._on_expiry)
+            gevent.kill(self._greenlet, self._on_expiry())
 
     def close(self):
         """Stop watching (idempotent)."""
