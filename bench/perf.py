@@ -66,6 +66,7 @@ import gevent.socket as gsocket
 import requests
 
 BENCH_DIR = Path(__file__).resolve().parent
+EXAMPLE_PLUGINS = ("jwt_auth", "tenant_routing")  # examples/, not the product
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 
@@ -478,13 +479,23 @@ def gateway_yaml(json_url: str, stream_url: str, storage: str, ratelimit_store: 
                 "    capabilities: [chat, completions, streaming]", "    backends:",
                 f"      - {{type: sglang, url: '{url}', model: {SIM_MODEL}, role: primary}}"]
 
+    # The repository's example plugins (installed by the test command) are not the
+    # product: a deployment would not run them, so they are turned off where installed.
+    examples = [f"  {name}: {{enabled: false}}" for name in installed_examples()]
     return "\n".join([
         "server:", f"  workers: {workers}", "  worker_connections: 10000",
         f"storage: '{storage}'", f"ledger_journal: '{journal}'",
         f"ratelimit: {{store: '{ratelimit_store}', requests_per_minute: 1000000000, "
         "tokens_per_minute: 1000000000000}",
+        *(["plugins:", *examples] if examples else []),
         "models:", *model(JSON_MODEL, json_url), *model(STREAM_MODEL, stream_url),
     ]) + "\n"
+
+
+def installed_examples() -> list[str]:
+    """The example plugins of examples/ installed in this environment (entry points)."""
+    installed = {ep.name for ep in metadata.entry_points(group="inferegator")}
+    return [name for name in EXAMPLE_PLUGINS if name in installed]
 
 
 def start_stream_backend(kind: str, pace_ms: float, tokens: int, python: str):
@@ -824,7 +835,10 @@ def report(rec: dict) -> str:
         "`inferegator` limits with Redis, `inferegator-memory` in process with a SQLite "
         "ledger. Client, backends, proxies, Redis and PostgreSQL share the machine's cores; "
         "the load generator is the benchmark's own process (gevent, raw sockets), which does "
-        "nothing else during a pass.",
+        "nothing else during a pass."
+        + (f" The example plugins installed here ({', '.join(installed_examples())}) are "
+           "turned off: they are not part of the product." if installed_examples()
+           else ""),
         "",
     ]
     targets = rec["targets_table"]
