@@ -22,6 +22,7 @@ from http import HTTPStatus
 
 import gevent
 from gunicorn.config import Setting
+from gunicorn.http.errors import LimitRequestLine
 from gunicorn.workers.ggevent import GeventWorker
 
 from ..errors import GatewayError
@@ -304,5 +305,7 @@ class BoundedGeventWorker(GeventWorker):
         else:
             capture = _StatusCapture()
             super().handle_error(req, capture, addr, exc)  # logs it, picks the status
-            error = gunicorn_error(capture.status, exc)
+            # gunicorn before 27 answers an over-long request line 400; it is a 414
+            status = 414 if isinstance(exc, LimitRequestLine) else capture.status
+            error = gunicorn_error(status, exc)
         answer_and_close(client, render(error))
