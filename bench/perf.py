@@ -985,9 +985,10 @@ def targets_table(rec: dict) -> list[dict]:
         r, router = jr.get(("inferegator", 32)), jr.get(("sglang-router", 32))
         if r:
             cpu = r.get("proxy_cpu_us_per_req")
-            add("CPU ≤ 300 µs/request at c=32, Redis limiter + ledger (must ≤ 500)",
-                f"{_f(cpu, 0)} µs", None if cpu is None else (cpu <= 300 if cpu <= 500
-                                                               else False))
+            add("CPU ≤ 300 µs/request at c=32, Redis limiter + ledger",
+                f"{_f(cpu, 0)} µs", None if cpu is None else cpu <= 300)
+            add("(must) CPU ≤ 500 µs/request at c=32, Redis limiter + ledger",
+                f"{_f(cpu, 0)} µs", None if cpu is None else cpu <= 500)
             if router and router.get("proxy_cpu_us_per_req"):
                 rc = router["proxy_cpu_us_per_req"]
                 add("CPU ≤ 2× sglang-router's at c=32",
