@@ -46,29 +46,19 @@ def run_plugins(args) -> int:
     return 0
 
 
-def checked_gateway(config, path):
-    """The gateway ``config`` describes, built without a store (nothing starts), or None
-    once what is wrong has been printed: what both check-config and serve (before any
-    worker starts) say about a configuration the schema alone cannot judge, such as a
-    routing option or a backend type that no loaded plugin knows."""
+def run_check_config(args) -> int:
+    config = load_or_report(args.config)
+    if config is None:
+        return 2
     from ..errors import GatewayBuildError
     from ..factory import build_plugin_manager
     from ..gateway.core import Gateway
 
     try:
-        return Gateway(config, build_plugin_manager(config))
+        gateway = Gateway(config, build_plugin_manager(config))
     except GatewayBuildError as exc:
-        print(f"inferegator: invalid configuration:\n{config_name(path)}: {exc}",
+        print(f"inferegator: invalid configuration:\n{config_name(args.config)}: {exc}",
               file=sys.stderr)
-        return None
-
-
-def run_check_config(args) -> int:
-    config = load_or_report(args.config)
-    if config is None:
-        return 2
-    gateway = checked_gateway(config, args.config)
-    if gateway is None:
         return 2
     print(f"{config_name(args.config)}: OK")
     for model in gateway.catalog.models.values():
@@ -112,8 +102,6 @@ def run_serve(args) -> int:
     from ..runtimes import RuntimeSupervisor
     from ..serving.gunicorn_app import EmbeddedGunicorn
 
-    if checked_gateway(config, args.config) is None:  # reported here, not by a worker
-        return 2
     server = config.server
     workers = args.workers or server.workers
     if workers > 1 and config.ratelimit.store == "memory":
