@@ -376,6 +376,13 @@ def test_check_config_names_a_bad_routing_option(tmp_path):
                           str(path)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "routing_options: unknown option(s) virtual_nodez" in out.stderr
+    # serve says the same, before gunicorn starts a worker that could only fail to boot
+    served = subprocess.run([os.path.join(BIN, "inferegator"), "serve", "--config", str(path),
+                             "--bind", "127.0.0.1:0"], capture_output=True, text=True,
+                            timeout=30)
+    assert served.returncode == 2
+    assert served.stderr == out.stderr
+    assert "Booting worker" not in served.stdout + served.stderr
 
 
 # -- real gateways and simulators -----------------------------------------------------------------

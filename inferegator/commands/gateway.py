@@ -1,6 +1,7 @@
 """`inferegator serve`, `inferegator check-config` and `inferegator plugins`."""
 
 import os
+import subprocess
 import sys
 
 from . import DEFAULT_CONFIG, DEFAULT_CONFIG_HELP, config_name, load_or_report
@@ -73,6 +74,17 @@ def run_check_config(args) -> int:
     return 0
 
 
+def checked_in_a_child(path):
+    """``check-config`` on the same file, run in a child process: what the schema alone
+    cannot judge (a routing option, a backend type no loaded plugin knows) needs the
+    gateway built, and building it here would import the request path into gunicorn's
+    master before it forks the workers that gevent patches."""
+    argv = [sys.executable, "-m", "inferegator.cli", "check-config"]
+    if path is not None:
+        argv += ["--config", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
 def banner(config, bind: str, key=None) -> str:
     host, _, port = bind.rpartition(":")
     url = f"http://{host or '127.0.0.1'}:{port}"
@@ -102,6 +114,10 @@ def run_serve(args) -> int:
     from ..runtimes import RuntimeSupervisor
     from ..serving.gunicorn_app import EmbeddedGunicorn
 
+    checked = checked_in_a_child(args.config)
+    if checked.returncode != 0:  # reported here, not by a worker failing to boot
+        sys.stderr.write(checked.stderr)
+        return 2
     server = config.server
     workers = args.workers or server.workers
     if workers > 1 and config.ratelimit.store == "memory":

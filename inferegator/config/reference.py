@@ -59,7 +59,10 @@ Inside a flow mapping (`{...}`) quote the value: `{api_key: "${KEY}"}`.
 plugins it names are loaded) without serving. Every problem is reported at once, each as
 `<file>:<line>: <field>: <problem>`, for example `config/inferegator.yaml:14:
 models[0].backends[1].url: must be an http(s) URL, got 'gpu-a:30000'`. Unknown fields are
-errors, with a suggestion when the name is close to a known one.
+errors, with a suggestion when the name is close to a known one. `inferegator serve`
+runs the same checks, and builds the gateway once, before gunicorn starts any worker: a
+file `check-config` refuses makes `serve` exit 2 with the same message (a routing option
+or backend type that no loaded plugin knows included), never a worker that fails to boot.
 
 **Plugins.** `plugins.<name>` is passed, as written, to the plugin of that name; the plugin
 validates its own settings. A name that no plugin has (built-in, installed by entry point, or
