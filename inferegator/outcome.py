@@ -63,7 +63,16 @@ class RequestOutcome:
     latency_s: float = 0.0
     ttft_s: float | None = None
     error: str | None = None
+    # The answered error's OpenAI fields: a rate limit's type is the limit that refused
+    # (requests or tokens) with code rate_limit_exceeded; a budget's is insufficient_quota.
+    error_type: str | None = None
+    error_code: str | None = None
+    error_param: str | None = None
     attempts: list = field(default_factory=list)  # backends tried, in order
+    # One (started, ended, result) per attempt, perf_counter seconds; result: "answered",
+    # "failed" (connection, timeout, 5xx) or "refused" (the backend's 4xx/429 verdict).
+    attempt_times: list = field(default_factory=list)
+    gaps_s: list | None = None  # a stream's seconds between the chunks sent to the client
     finished: bool = False  # inferegator_request_finished has run (exactly once)
 
     @property

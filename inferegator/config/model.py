@@ -15,6 +15,7 @@ class ServerConfig:
     health_check_interval_s: float = 5.0
     load_poll_interval_s: float = 1.0
     ledger_flush_interval_s: float = 0.2
+    reload_on_change: bool = True  # serve reloads when the config file changes (and on SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,27 @@ class ResilienceConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics (docs/operations.md)."""
+
+    enabled: bool = True
+    bind: str | None = None  # host:port of its own listener; None: /metrics on server.bind
+    per_key_labels: bool = False  # a key_id label on request and token counters
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    format: str = "auto"  # auto: text on a terminal, else json | json | text | off
+
+
+@dataclass(frozen=True)
+class TracingConfig:
+    exporter: str = "none"  # none | console | otlp
+    endpoint: str = ""  # otlp: the collector's traces URL; console: a file ("" = stderr)
+    service_name: str = "inferegator"
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     models: tuple[ModelConfig, ...]
@@ -153,6 +175,9 @@ class Config:
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     runtimes: tuple[RuntimeConfig, ...] = ()
     plugins: dict = field(default_factory=dict)  # plugin name -> its own settings
     # The `plugins:` mapping as read, with its YAML lines: a plugin's settings are checked

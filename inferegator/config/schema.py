@@ -32,7 +32,9 @@ from .model import (
     AuthConfig,
     BackendConfig,
     Config,
+    AccessLogConfig,
     ConsoleConfig,
+    MetricsConfig,
     ModelConfig,
     ModelLimits,
     Pricing,
@@ -40,6 +42,7 @@ from .model import (
     ResilienceConfig,
     RuntimeConfig,
     ServerConfig,
+    TracingConfig,
 )
 
 # ---------------------------------------------------------------- the schema
@@ -71,6 +74,9 @@ SERVER = Section(
             "Seconds between reads of each SGLang runtime's own load (/v1/loads)."),
     Setting("ledger_flush_interval_s", Float(above=0),
             "Seconds between batched usage-ledger writes; a graceful stop writes the rest."),
+    Setting("reload_on_change", Bool(), "Reload when the config file changes, as on SIGHUP: "
+            "the new file is checked first and refused (the old one keeps serving) if it has "
+            "any problem."),
 )
 
 PRICING = Section(
@@ -357,6 +363,34 @@ RESILIENCE = Section(
     Setting("retry_budget_min_per_s", Float(min=0), "Retries always allowed at this rate."),
 )
 
+METRICS = Section(
+    MetricsConfig,
+    Setting("enabled", Bool(), "Serve Prometheus metrics at `/metrics`, summed over every "
+            "worker."),
+    Setting("bind", HostPort(), "host:port of a listener of their own (kept off the public "
+            "port); unset: `/metrics` on `server.bind`, without authentication."),
+    Setting("per_key_labels", Bool(), "Add a `key_id` label to the request and token "
+            "counters (one series per key: mind the cardinality)."),
+)
+
+ACCESS_LOG = Section(
+    AccessLogConfig,
+    Setting("format", Enum("auto", "json", "text", "off"), "One line per API request on "
+            "standard output: `json` (for log shippers), `text` (for people), `auto` (text "
+            "when standard output is a terminal, else json) or `off`."),
+)
+
+TRACING = Section(
+    TracingConfig,
+    Setting("exporter", Enum("none", "console", "otlp"), "Where OpenTelemetry spans (one per "
+            "request, one per upstream attempt) go: `none` (W3C traceparent is still "
+            "continued and sent upstream), `console` (JSON, to the file `endpoint` or standard "
+            "error) or `otlp` (OTLP/HTTP to `endpoint`; needs the `tracing` extra)."),
+    Setting("endpoint", String(), "otlp: the collector's traces URL, e.g. "
+            "`http://127.0.0.1:4318/v1/traces`; console: a file to append to."),
+    Setting("service_name", String(), "The spans' `service.name`."),
+)
+
 CONFIG = Section(
     Config,
     Setting("models", ListOf(MODEL, min_items=1, unique="id"), "The models served."),
@@ -376,6 +410,9 @@ CONFIG = Section(
     Setting("resilience", RESILIENCE, "Health checks, circuit breakers and retries."),
     Setting("auth", AUTH, "Client authentication."),
     Setting("console", CONSOLE, "The web console for users and admins."),
+    Setting("metrics", METRICS, "Prometheus metrics."),
+    Setting("access_log", ACCESS_LOG, "The access log."),
+    Setting("tracing", TRACING, "W3C trace context and OpenTelemetry spans."),
     Setting("runtimes", ListOf(RUNTIME, unique="name"),
             "Processes the gateway starts and supervises, e.g. simulators or SGLang servers."),
     Setting("plugins", Mapping(FreeDict()), "Each plugin's own settings, by plugin name, "

@@ -127,7 +127,7 @@ def create_app(gateway) -> falcon.App:
     """The WSGI app serving one Gateway."""
     app = falcon.App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
-    pipeline = Pipeline(gateway)
+    pipeline = gateway.pipeline = Pipeline(gateway)
     for endpoint in ENDPOINTS.values():
         app.add_route(endpoint.path, Relayed(pipeline, endpoint.name))
     models = Models(gateway)

@@ -28,6 +28,7 @@ class Gateway:
         self.store = store  # accounts, keys, usage ledger (None only for check-config)
         self.clock = clock  # monotonic seconds, for plugins' caches and windows
         self.app = None  # the WSGI app, once inferegator.factory.build_gateway made it
+        self.pipeline = None  # the app's request path (gateway/pipeline.py), with the app
         self.plugin_state: dict = {}  # each plugin's per-worker objects, by plugin name
         self.pm = plugin_manager
         self.hook = plugin_manager.hook

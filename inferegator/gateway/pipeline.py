@@ -62,6 +62,7 @@ class Pipeline:
         # implementation, requests skip the hook call (and the JSON answer its callback).
         self.after_upstream = (self.hook.inferegator_after_upstream
                                if self.hook.inferegator_after_upstream.get_hookimpls() else None)
+        self.streams_open = 0  # streams being relayed now (read by the metrics plugin)
 
     def handle(self, endpoint: str, req, resp) -> None:
         greq = req.context.gateway_request = GatewayRequest(endpoint, req, request_id(req))
@@ -204,11 +205,15 @@ class Pipeline:
         self.hook.inferegator_before_upstream(gateway=self.gateway, request=greq,
                                               backend=backend, body=body, headers=headers)
         outcome.attempts.append(backend.name)
+        timing = [time.perf_counter(), 0.0, "failed"]
+        outcome.attempt_times.append(timing)
         watch.waiting = True
         try:
             upstream = lease.response = backend.post(greq.endpoint, body, headers)
             status = upstream.status_code
             if status >= 400:
+                if status < 500:
+                    timing[2] = "refused"
                 return False, None, _upstream_error(lease, status,
                                                      upstream.preload(ERROR_BODY_BYTES))
             first = _first_events(upstream, backend, model, greq) if greq.stream else None
@@ -224,6 +229,8 @@ class Pipeline:
             return False, None, fault.error
         finally:
             watch.waiting = False
+            timing[1] = time.perf_counter()
+        timing[2] = "answered"
         lease.succeeded()
         if first is not None and self.after_upstream is not None:
             self.after_upstream(gateway=self.gateway, request=greq, backend=backend,
@@ -266,7 +273,11 @@ class Pipeline:
     def _relay_stream(self, greq, model, lease, first, outcome, watch):
         """The client's SSE stream: the prefetched events, then the rest as they come."""
         relay, events, chunks = first
-        outcome.ttft_s = time.perf_counter() - greq.started
+        clock = time.perf_counter
+        last = clock()
+        outcome.ttft_s = last - greq.started
+        gaps = outcome.gaps_s = []
+        self.streams_open += 1
         try:
             if relay.done:
                 self._end_stream(outcome, relay, lease, watch, chunks)
@@ -285,6 +296,9 @@ class Pipeline:
                 if relay.done:  # billed before the client sees [DONE]
                     self._end_stream(outcome, relay, lease, watch, chunks)
                 if out:
+                    now = clock()
+                    gaps.append(now - last)
+                    last = now
                     yield out[0] if len(out) == 1 else b"".join(out)
             if relay.error is not None:
                 outcome.status, outcome.error = ends.UPSTREAM_FAILED, relay.error.message
@@ -309,6 +323,7 @@ class Pipeline:
             outcome.status, outcome.error = ends.FAILED, "internal error"
             yield relay.error_event(internal_error())
         finally:
+            self.streams_open -= 1
             if outcome.usage is None:
                 outcome.usage = relay.usage
             self._end(outcome, lease, watch)
@@ -375,6 +390,8 @@ class _Stream:
 def _failed(outcome, error: GatewayError) -> None:
     outcome.status = ends.REJECTED if error.status < 500 else ends.FAILED
     outcome.http_status, outcome.error = error.status, error.message
+    outcome.error_type, outcome.error_code, outcome.error_param = error.type, error.code, \
+        error.param
 
 
 def _upstream_error(lease, status: int, content: bytes) -> GatewayError:

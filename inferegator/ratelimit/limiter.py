@@ -58,6 +58,7 @@ class RateLimiter:
         self.spend_of = spend_of  # key id -> USD spent this month (may be cached)
         self.clock = clock
         self._last_warning = {}  # message -> when it was last logged
+        self.store_errors = 0  # calls the window store failed (read by the metrics plugin)
 
     @staticmethod
     def _prefix(principal) -> str:
@@ -101,6 +102,7 @@ class RateLimiter:
         try:
             decision = self.store.admit(limits, member, self.window_ms)
         except StoreUnavailable as exc:
+            self.store_errors += 1
             if self.config.on_store_error == "open":
                 self._warn(exc)
                 return None
@@ -138,6 +140,7 @@ class RateLimiter:
                 if limit.key.endswith(":tokens") and used != limit.amount:
                     self.store.reconcile(limit.key, member, used)
         except StoreUnavailable as exc:
+            self.store_errors += 1
             self._warn(exc)
 
     def current_headers(self, principal) -> dict:
@@ -148,6 +151,7 @@ class RateLimiter:
         try:
             decision = self.store.peek(limits, self.window_ms)
         except StoreUnavailable as exc:
+            self.store_errors += 1
             self._warn(exc, "rate-limit store unreachable, answering without "
                             "x-ratelimit headers: %s")
             return {}

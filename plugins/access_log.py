@@ -1,0 +1,1 @@
+"""access_log (built-in plugin; being written)."""

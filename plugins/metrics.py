@@ -1,0 +1,1 @@
+"""metrics (built-in plugin; being written)."""

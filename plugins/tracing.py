@@ -1,0 +1,1 @@
+"""tracing (built-in plugin; being written)."""
