@@ -14,6 +14,7 @@ from .catalog import may_use
 from .config.fields import Bool, Enum, Float, Int, ListOf, Mapping, Section, Setting, String
 from .config.plugin_settings import plugin_settings
 from .errors import (
+    GatewayBuildError,
     GatewayError,
     email_taken,
     internal_error,
@@ -33,6 +34,7 @@ from .gateway.request import (
     ClientRequest,
     GatewayRequest,
 )
+from .observability.tracecontext import TraceContext, new_span_id
 from .outcome import (
     CLIENT_DISCONNECTED,
     COMPLETED,
@@ -64,6 +66,9 @@ __all__ = [
     # errors in OpenAI's shape
     "GatewayError", "invalid_request", "invalid_api_key", "permission_denied",
     "not_found", "email_taken", "model_not_allowed", "upstream_failed", "internal_error",
+    "GatewayBuildError",
+    # observability: W3C trace context
+    "TraceContext", "new_span_id",
     # settings a plugin declares (SETTINGS = Section(...)) and reads
     "Section", "Setting", "Bool", "Enum", "Float", "Int", "ListOf", "Mapping", "String",
     "plugin_settings",

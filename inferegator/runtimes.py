@@ -11,11 +11,14 @@ with the flags and ``CUDA_VISIBLE_DEVICES`` made from its settings, and probed o
 ``/health`` unless it names its own health URL.
 """
 
+import errno
 import http.client
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -90,17 +93,20 @@ class RuntimeSupervisor:
 
     ``popen`` and ``log`` are injectable (tests record the processes they must clean up);
     ``log_dir``, when set, receives each runtime's stdout and stderr as ``<name>.log``, else
-    the runtimes inherit the master's. The timing knobs default to the production values.
+    the runtimes inherit the master's. ``bound`` execs each runtime through runtime_exec,
+    so that it dies with this process (serve's master) however that ends. The timing knobs
+    default to the production values.
     """
 
     def __init__(self, runtimes: list[RuntimeConfig], log: logging.Logger = LOG,
-                 popen=subprocess.Popen, *, log_dir: str | None = None,
+                 popen=subprocess.Popen, *, log_dir: str | None = None, bound: bool = False,
                  poll_interval_s: float = 0.5, backoff_first_s: float = 1.0,
                  backoff_max_s: float = 30.0, stable_after_s: float = 60.0):
         self._runtimes = [_Runtime(config) for config in runtimes]
         self._log = log
         self._popen = popen
         self._log_dir = log_dir
+        self._bound = bound
         self._poll_interval_s = poll_interval_s
         self._backoff = {"first": backoff_first_s, "cap": backoff_max_s,
                          "stable_after": stable_after_s}
@@ -137,8 +143,56 @@ class RuntimeSupervisor:
             self._thread.join()
             self._thread = None
         with self._lock:
-            running = [runtime for runtime in self._runtimes if runtime.proc is not None]
-            for runtime in self._runtimes:
+            runtimes = list(self._runtimes)
+        self._stop(runtimes, timeout)
+
+    def reap(self) -> None:
+        """Collect the exit status of each runtime that ended, now. serve's master calls it
+        before gunicorn waits for any child, which would take these statuses otherwise; no
+        lock (it may run in a signal handler): Popen.poll guards itself."""
+        for runtime in list(self._runtimes):
+            proc = runtime.proc
+            if proc is not None:
+                proc.poll()
+
+    def update(self, runtimes: list[RuntimeConfig]) -> list[RuntimeConfig]:
+        """A reloaded config's runtimes: those new by name start now; returns those to
+        retire() once no worker sends them requests any more (removed, or changed and to
+        be restarted with their new settings)."""
+        wanted = {config.name: config for config in runtimes}
+        with self._lock:
+            current = {runtime.config.name: runtime for runtime in self._runtimes}
+            for name, config in wanted.items():
+                if name not in current:
+                    runtime = _Runtime(config)
+                    self._runtimes.append(runtime)
+                    self._launch(runtime, time.monotonic())
+        return [config for name, config in wanted.items()
+                if name in current and current[name].config != config] + [
+            runtime.config for name, runtime in current.items() if name not in wanted]
+
+    def retire(self, configs: list[RuntimeConfig], wanted: list[RuntimeConfig],
+               timeout: float = 10.0) -> None:
+        """Stop the runtimes named in ``configs`` (update()'s answer) and start again those
+        of them still in ``wanted``, with their new settings."""
+        names = {config.name for config in configs}
+        with self._lock:
+            leaving = [runtime for runtime in self._runtimes if runtime.config.name in names]
+            for runtime in leaving:
+                runtime.restart_at = None
+                self._runtimes.remove(runtime)
+        self._stop(leaving, timeout)
+        with self._lock:
+            for config in wanted:
+                if config.name in names:
+                    runtime = _Runtime(config)
+                    self._runtimes.append(runtime)
+                    self._launch(runtime, time.monotonic())
+
+    def _stop(self, runtimes: list, timeout: float) -> None:
+        with self._lock:
+            running = [runtime for runtime in runtimes if runtime.proc is not None]
+            for runtime in runtimes:
                 runtime.restart_at = None
         for runtime in running:  # all at once, so they shut down in parallel
             _signal_group(runtime.proc.pid, signal.SIGTERM)
@@ -150,6 +204,8 @@ class RuntimeSupervisor:
                                   runtime.config.name, timeout)
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
+            self._log.info("runtime %s stopped (%s)", runtime.config.name,
+                           describe_exit(proc.returncode))
             with self._lock:
                 runtime.exit_code, runtime.proc, runtime.healthy = proc.returncode, None, None
 
@@ -236,6 +292,11 @@ class RuntimeSupervisor:
         out = None
         try:
             argv, extra_env = launch_spec(runtime.config)
+            if self._bound:
+                if shutil.which(argv[0]) is None:  # as Popen says it when it execs itself
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+                argv = [sys.executable, "-m", "inferegator.runtime_exec", str(os.getpid()),
+                        "--", *argv]
             if self._log_dir:
                 out = open(os.path.join(self._log_dir, name.replace(os.sep, "_") + ".log"), "ab")
             # A session of its own: stop() can signal the whole group, and a Ctrl-C at the

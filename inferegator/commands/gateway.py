@@ -1,10 +1,14 @@
 """`inferegator serve`, `inferegator check-config` and `inferegator plugins`."""
 
+import logging
 import os
-import subprocess
 import sys
 
 from . import DEFAULT_CONFIG, DEFAULT_CONFIG_HELP, config_name, load_or_report
+from .reload import ConfigReloader, checked_in_a_child, with_overrides
+
+# As gunicorn's own lines: [time] [pid] [level] ...
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def register(subparsers) -> None:
@@ -19,7 +23,9 @@ def register(subparsers) -> None:
     serve.add_argument("--worker-connections", type=int,
                        help="overrides server.worker_connections")
     serve.add_argument("--log-level", default="info", help="gunicorn log level")
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--access-log", nargs="?", const="text",
+                       choices=("auto", "json", "text", "off"),
+                       help="overrides access_log.format (alone: text)")
     serve.set_defaults(handler=run_serve)
 
     check = subparsers.add_parser(
@@ -74,17 +80,6 @@ def run_check_config(args) -> int:
     return 0
 
 
-def checked_in_a_child(path):
-    """``check-config`` on the same file, run in a child process: what the schema alone
-    cannot judge (a routing option, a backend type no loaded plugin knows) needs the
-    gateway built, and building it here would import the request path into gunicorn's
-    master before it forks the workers that gevent patches."""
-    argv = [sys.executable, "-m", "inferegator.cli", "check-config"]
-    if path is not None:
-        argv += ["--config", str(path)]
-    return subprocess.run(argv, capture_output=True, text=True)
-
-
 def banner(config, bind: str, key=None) -> str:
     host, _, port = bind.rpartition(":")
     url = f"http://{host or '127.0.0.1'}:{port}"
@@ -108,28 +103,42 @@ def banner(config, bind: str, key=None) -> str:
 
 
 def run_serve(args) -> int:
+    from ..observability.multiprocess import MetricsDirectory
+
+    # First: gunicorn forks workers without exec, and prometheus_client picks its
+    # multiprocess values when first imported, which must see this directory named.
+    metrics_dir, master = MetricsDirectory(), os.getpid()
+    try:
+        return _serve(args, metrics_dir)
+    finally:
+        if os.getpid() == master:  # a worker leaves by SystemExit through here too
+            metrics_dir.close()
+
+
+def _serve(args, metrics_dir) -> int:
     config = load_or_report(args.config)
     if config is None:
         return 2
-    from ..runtimes import RuntimeSupervisor
-    from ..serving.gunicorn_app import EmbeddedGunicorn
-
     checked = checked_in_a_child(args.config)
     if checked.returncode != 0:  # reported here, not by a worker failing to boot
         sys.stderr.write(checked.stderr)
         return 2
+    config = with_overrides(config, args)
+    from ..runtimes import RuntimeSupervisor
+    from ..serving.gunicorn_app import EmbeddedGunicorn
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     server = config.server
     workers = args.workers or server.workers
-    if workers > 1 and config.ratelimit.store == "memory":
-        print("inferegator: ratelimit.store is 'memory', which counts per process, so "
-              f"{workers} workers would each admit a key's full limit. Use one worker, or "
-              "set ratelimit.store to a Redis URL (redis://host:6379/0).", file=sys.stderr)
+    if refused := _multi_worker_memory_store(config, workers):
+        print(refused, file=sys.stderr)
         return 2
+    raise_open_files_limit(server.worker_connections * workers)
     # Runtimes may name this installation's own `inferegator` or `python`.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get(
         "PATH", "")
-    supervisor = RuntimeSupervisor(list(config.runtimes))
-    state = {}
+    supervisor = RuntimeSupervisor(list(config.runtimes), bound=True)
+    state = {"config": config}
 
     from ..store.database import StoreError
     from ..store.store import Store, bootstrap_admin
@@ -152,6 +161,7 @@ def run_serve(args) -> int:
     def app_factory():
         from ..factory import build_gateway
 
+        config = state["config"]  # the one a reload installed, for the workers it starts
         store = Store(config.storage,
                       ledger_flush_interval_s=config.server.ledger_flush_interval_s,
                       ledger_journal=config.ledger_journal)
@@ -164,6 +174,15 @@ def run_serve(args) -> int:
         if gateway is not None:
             gateway.close()
 
+    reloader = ConfigReloader(args, state, supervisor)
+
+    def when_ready(arbiter):
+        if config.metrics.enabled and config.metrics.bind:
+            metrics_dir.serve(config.metrics.bind)
+        if args.config is not None and server.reload_on_change:
+            reloader.watch(args.config)
+        print(banner(config, arbiter.cfg.bind[0], state.get("key")), flush=True)
+
     options = {
         "bind": args.bind or server.bind,
         "workers": workers,
@@ -172,15 +191,41 @@ def run_serve(args) -> int:
         "keepalive": 75,
         "header_timeout": server.header_timeout_s,  # a setting of serving/worker.py
         "loglevel": args.log_level,
-        "accesslog": "-" if args.access_log else None,
         "proc_name": "inferegator",
         # X-Forwarded-* is believed only from console.trusted_proxies, by the console.
         "forwarded_allow_ips": "",
         "on_starting": lambda arbiter: supervisor.start(),
-        "when_ready": lambda arbiter: print(banner(config, arbiter.cfg.bind[0], state.get("key")),
-                                            flush=True),
+        "when_ready": when_ready,
         "worker_exit": worker_exit,
-        "on_exit": lambda arbiter: supervisor.stop(),
+        "child_exit": lambda arbiter, worker: metrics_dir.worker_exited(worker.pid),
+        "on_exit": lambda arbiter: (reloader.stop(), supervisor.stop()),
     }
-    EmbeddedGunicorn(app_factory, options).run()
+    EmbeddedGunicorn(app_factory, options, hooks={
+        "before_reap": supervisor.reap, "reload_checked": reloader.check,
+        "reloaded": reloader.finish}).run()
     return 0
+
+
+def _multi_worker_memory_store(config, workers: int) -> str | None:
+    """Why ``workers`` workers cannot share this config's limiter, or None."""
+    if workers > 1 and config.ratelimit.store == "memory":
+        return (f"inferegator: ratelimit.store is 'memory', which counts per process, so "
+                f"{workers} workers would each admit a key's full limit. Use one worker, or "
+                "set ratelimit.store to a Redis URL (redis://host:6379/0).")
+    return None
+
+
+def raise_open_files_limit(connections: int) -> None:
+    """Raise the soft limit on open files towards the hard one: each client connection
+    holds a descriptor, and so does each upstream one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            logging.getLogger("inferegator.serve").warning(
+                "open files limited to %d (hard limit); %d connections may need %d: raise "
+                "it (ulimit -n, LimitNOFILE=)", target, connections, wanted)

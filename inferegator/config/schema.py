@@ -29,10 +29,10 @@ from .fields import (  # noqa: F401  (the types are part of the schema's vocabul
 )
 from .launch import flag_conflict, launch_spec, runtime_health
 from .model import (
+    AccessLogConfig,
     AuthConfig,
     BackendConfig,
     Config,
-    AccessLogConfig,
     ConsoleConfig,
     MetricsConfig,
     ModelConfig,

@@ -96,6 +96,16 @@ class ConnectionClock:
         self._head_running = False
 
     @property
+    def idle(self) -> bool:
+        """Waiting for a keep-alive connection's next request, of which no byte has come."""
+        return self._first_byte.active
+
+    def end_idle(self):
+        """End the keep-alive wait now, as if its bound had run out (the worker stops)."""
+        if self._first_byte.active:
+            self._idle_over()
+
+    @property
     def running(self) -> bool:
         """Whether the head's deadline is counting (or waits for the first byte)."""
         return self._head_running
@@ -120,7 +130,9 @@ class ConnectionClock:
         self._greenlet.throw(RequestHeadTimeout(self._head_s))
 
     def _idle_over(self):
-        self._idle.stop()
+        if self._idle is not None:
+            self._idle.stop()
+        self._first_byte.stop()
         self._greenlet.throw(_KeepAliveIdle())
 
     def stop(self):
@@ -278,6 +290,18 @@ class BoundedGeventWorker(GeventWorker):
         finally:
             clock.close()
             del self._clocks[greenlet]
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM (a stop, or the old workers of a reload): gunicorn stops accepting and
+        lets requests in flight finish, streams included; each connection closes after its
+        answer. Idle keep-alive connections end now, not at graceful_timeout: they would
+        hold the worker that long and then be cut, perhaps under a request just sent."""
+        super().handle_exit(sig, frame)
+        gevent.get_hub().loop.run_callback(self._end_idle_connections)
+
+    def _end_idle_connections(self):
+        for clock in list(self._clocks.values()):
+            clock.end_idle()
 
     def timeout_ctx(self):
         """gunicorn reads each keep-alive request head inside this: its idle bound, and ours."""

@@ -6,6 +6,10 @@ from ..serving.gunicorn_app import EmbeddedGunicorn
 from .settings import add_arguments, from_arguments
 
 HELP = "Run an SGLang-compatible runtime simulator (one model, one gevent worker)."
+# gunicorn's access log line, with the request id and W3C trace context each request came
+# with (SGLang records traceparent only with --enable-trace; the simulator just shows it).
+ACCESS_LOG_FORMAT = ('%(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}i)s '
+                     'traceparent=%({traceparent}i)s tracestate="%({tracestate}i)s"')
 
 
 def register(subparsers) -> None:
@@ -44,6 +48,7 @@ def run(args) -> int:
         "worker_connections": settings.worker_connections,
         "loglevel": args.log_level,
         "accesslog": "-" if args.access_log else None,
+        "access_log_format": ACCESS_LOG_FORMAT,
         "graceful_timeout": 5,
         "timeout": 0,
         "keepalive": 75,
