@@ -177,6 +177,8 @@ class Enum(Type):
     def check(self, value, where):
         if isinstance(value, str) and value in self.aliases:
             return self.aliases[value]
+        if value is False and "off" in self.choices:  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in self.choices:
             listed = " or ".join(repr(c) for c in self.choices)
             close = difflib.get_close_matches(str(value), self.choices, n=1)
