@@ -155,7 +155,7 @@ def _serve(args, metrics_dir) -> int:
         print(f"Created the first admin, {user['email']}; shown once, keep them safe:\n"
               f"  email:    {user['email']}\n"
               f"  password: {password}  (signs in to the console)\n  API key:  {key}",
-              flush=True)
+              file=sys.stderr, flush=True)  # standard output is the access log's
         state["key"] = key
 
     def app_factory():
@@ -181,7 +181,8 @@ def _serve(args, metrics_dir) -> int:
             metrics_dir.serve(config.metrics.bind)
         if args.config is not None and server.reload_on_change:
             reloader.watch(args.config)
-        print(banner(config, arbiter.cfg.bind[0], state.get("key")), flush=True)
+        print(banner(config, arbiter.cfg.bind[0], state.get("key")), file=sys.stderr,
+              flush=True)
 
     options = {
         "bind": args.bind or server.bind,
