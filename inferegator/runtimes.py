@@ -93,19 +93,22 @@ class RuntimeSupervisor:
 
     ``popen`` and ``log`` are injectable (tests record the processes they must clean up);
     ``log_dir``, when set, receives each runtime's stdout and stderr as ``<name>.log``, else
-    the runtimes inherit the master's. ``bound`` execs each runtime through runtime_exec,
+    the runtimes write to ``output`` (None: the master's standard output; serve gives its
+    standard error, as its standard output is the access log's). ``bound`` execs each runtime through runtime_exec,
     so that it dies with this process (serve's master) however that ends. The timing knobs
     default to the production values.
     """
 
     def __init__(self, runtimes: list[RuntimeConfig], log: logging.Logger = LOG,
-                 popen=subprocess.Popen, *, log_dir: str | None = None, bound: bool = False,
+                 popen=subprocess.Popen, *, log_dir: str | None = None, output=None,
+                 bound: bool = False,
                  poll_interval_s: float = 0.5, backoff_first_s: float = 1.0,
                  backoff_max_s: float = 30.0, stable_after_s: float = 60.0):
         self._runtimes = [_Runtime(config) for config in runtimes]
         self._log = log
         self._popen = popen
         self._log_dir = log_dir
+        self._output = output
         self._bound = bound
         self._poll_interval_s = poll_interval_s
         self._backoff = {"first": backoff_first_s, "cap": backoff_max_s,
@@ -302,7 +305,8 @@ class RuntimeSupervisor:
             # A session of its own: stop() can signal the whole group, and a Ctrl-C at the
             # master's terminal reaches the master only, which then stops runtimes in order.
             runtime.proc = self._popen(argv, env={**os.environ, **extra_env},
-                                       stdin=subprocess.DEVNULL, stdout=out,
+                                       stdin=subprocess.DEVNULL,
+                                       stdout=out or self._output,
                                        stderr=subprocess.STDOUT if out else None,
                                        start_new_session=True)
         except Exception as exc:  # a missing binary, a bad log dir: report it, keep the others

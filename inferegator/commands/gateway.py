@@ -137,7 +137,7 @@ def _serve(args, metrics_dir) -> int:
     # Runtimes may name this installation's own `inferegator` or `python`.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get(
         "PATH", "")
-    supervisor = RuntimeSupervisor(list(config.runtimes), bound=True)
+    supervisor = RuntimeSupervisor(list(config.runtimes), output=sys.stderr, bound=True)
     state = {"config": config}
 
     from ..store.database import StoreError
