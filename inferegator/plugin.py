@@ -34,6 +34,7 @@ from .gateway.request import (
     ClientRequest,
     GatewayRequest,
 )
+from .observability.metrics import GatewayMetrics
 from .observability.tracecontext import TraceContext, new_span_id
 from .outcome import (
     CLIENT_DISCONNECTED,
@@ -44,6 +45,7 @@ from .outcome import (
     RequestOutcome,
     Usage,
 )
+from .periodic import every
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
 from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load
@@ -67,8 +69,8 @@ __all__ = [
     "GatewayError", "invalid_request", "invalid_api_key", "permission_denied",
     "not_found", "email_taken", "model_not_allowed", "upstream_failed", "internal_error",
     "GatewayBuildError",
-    # observability: W3C trace context
-    "TraceContext", "new_span_id",
+    # observability: W3C trace context, Prometheus metrics
+    "TraceContext", "new_span_id", "GatewayMetrics",
     # settings a plugin declares (SETTINGS = Section(...)) and reads
     "Section", "Setting", "Bool", "Enum", "Float", "Int", "ListOf", "Mapping", "String",
     "plugin_settings",
@@ -76,5 +78,5 @@ __all__ = [
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
-    "may_use",
+    "may_use", "every",
 ]

@@ -145,7 +145,7 @@ class ResilienceConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Prometheus metrics (docs/operations.md)."""
+    """Prometheus metrics (docs/metrics.md)."""
 
     enabled: bool = True
     bind: str | None = None  # host:port of its own listener; None: /metrics on server.bind

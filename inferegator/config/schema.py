@@ -366,7 +366,7 @@ RESILIENCE = Section(
 METRICS = Section(
     MetricsConfig,
     Setting("enabled", Bool(), "Serve Prometheus metrics at `/metrics`, summed over every "
-            "worker."),
+            "worker (docs/metrics.md)."),
     Setting("bind", HostPort(), "host:port of a listener of their own (kept off the public "
             "port); unset: `/metrics` on `server.bind`, without authentication."),
     Setting("per_key_labels", Bool(), "Add a `key_id` label to the request and token "

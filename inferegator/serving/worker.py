@@ -17,6 +17,7 @@ gunicorn_app does so before any gunicorn Config exists.
 """
 
 import json
+import signal
 import socket
 from http import HTTPStatus
 
@@ -291,14 +292,26 @@ class BoundedGeventWorker(GeventWorker):
             clock.close()
             del self._clocks[greenlet]
 
+    def init_process(self):
+        # gunicorn installs a worker's signal handlers only after gevent's patching and the
+        # rest of its setup; until then the handlers inherited from the master queue a
+        # signal for the master's loop, which this process never runs. A stop sent then
+        # was lost, and the worker served on until graceful_timeout's SIGKILL.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._stop_while_booting)
+        super().init_process()
+
+    def _stop_while_booting(self, sig, frame):
+        self.alive = False  # run() then stops at once, as after a SIGTERM
+
     def handle_exit(self, sig, frame):
         """SIGTERM (a stop, or the old workers of a reload): gunicorn stops accepting and
         lets requests in flight finish, streams included; each connection closes after its
         answer. Idle keep-alive connections end now, not at graceful_timeout: they would
         hold the worker that long and then be cut, perhaps under a request just sent."""
         super().handle_exit(sig, frame)
-        gevent.get_hub().loop.run_callback(self._end_idle_connections)
-
+        if self._clocks:  # none while the worker boots, before gevent's hub is its own
+            gevent.get_hub().loop.run_callback(self._end_idle_connections)
     def _end_idle_connections(self):
         for clock in list(self._clocks.values()):
             clock.end_idle()

@@ -90,6 +90,7 @@ class UsageLedger:
         self.written = 0
         self.dead_letters = 0
         self.recovered = 0
+        self.on_flush = None  # called with each batch write's seconds (the metrics plugin)
 
     def record(self, row: dict) -> None:
         """Queue one ledger row (a dict with COLUMNS but day and entry_id)."""
@@ -121,7 +122,9 @@ class UsageLedger:
             return 0
         if self.journal is not None:
             self.journal.seal()
+        started = time.perf_counter()
         written, kept = self._write(rows, last_used)
+        elapsed = time.perf_counter() - started
         if kept:
             self._rows.extendleft(reversed(kept))
             for key_id, ts in last_used.items():
@@ -129,6 +132,8 @@ class UsageLedger:
         elif self.journal is not None:
             self.journal.sealed_written()
         self.written += written
+        if self.on_flush is not None:
+            self.on_flush(elapsed)
         return written
 
     def _write(self, rows: list, last_used: dict) -> tuple[int, list]:
