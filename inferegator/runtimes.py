@@ -94,9 +94,9 @@ class RuntimeSupervisor:
     ``popen`` and ``log`` are injectable (tests record the processes they must clean up);
     ``log_dir``, when set, receives each runtime's stdout and stderr as ``<name>.log``, else
     the runtimes write to ``output`` (None: the master's standard output; serve gives its
-    standard error, as its standard output is the access log's). ``bound`` execs each runtime through runtime_exec,
-    so that it dies with this process (serve's master) however that ends. The timing knobs
-    default to the production values.
+    standard error, as its standard output is the access log's). ``bound`` execs each
+    runtime through runtime_exec, so that it dies with this process (serve's master)
+    however that ends. The timing knobs default to the production values.
     """
 
     def __init__(self, runtimes: list[RuntimeConfig], log: logging.Logger = LOG,
