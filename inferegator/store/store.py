@@ -49,9 +49,14 @@ def bootstrap_admin(store: Store, email: str) -> tuple[dict, str, str] | None:
     """
     import secrets
 
+    from .accounts import DuplicateEmail
+
     if store.accounts.count_users():
         return None
     password = secrets.token_urlsafe(18)
-    user = store.accounts.create_user(email, password, role="admin")
+    try:
+        user = store.accounts.create_user(email, password, role="admin")
+    except DuplicateEmail:  # another replica, started at the same moment, made it
+        return None
     key, _ = store.accounts.create_key(user["id"], "bootstrap admin key")
     return user, password, key
