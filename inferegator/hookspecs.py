@@ -49,6 +49,14 @@ def inferegator_register_routes(gateway: Gateway) -> list[tuple[str, object]]:
 # -- lifecycle ------------------------------------------------------------------------------
 
 @hookspec
+def inferegator_check_config(config) -> list[str] | None:
+    """All results: problems a plugin finds in the checked ``config`` that only it can
+    judge (a package its setting needs, a file it must write), each a sentence naming
+    the setting. Run by ``check-config``, and so by ``serve`` and a reload before any
+    worker starts: a problem found here stops them, with its words."""
+
+
+@hookspec
 def inferegator_startup(gateway: Gateway) -> None:
     """All implementations, once per worker when the gateway is built, before it serves:
     build per-worker state (keep it in ``gateway.plugin_state[<your name>]``)."""

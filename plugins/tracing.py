@@ -11,6 +11,8 @@ times, attempts and result): one server span (child of the client's span) and on
 client span per attempt, whose span ids are those sent upstream.
 """
 
+import importlib.util
+import os
 import sys
 
 from inferegator.plugin import (
@@ -48,6 +50,34 @@ def request_trace(request) -> RequestTrace:
         trace = request.plugin_data[NAME] = RequestTrace(TraceContext.from_headers(
             request.header("traceparent"), request.header("tracestate")))
     return trace
+
+
+@hookimpl(trylast=True)
+def inferegator_check_config(config):
+    """What startup would fail on, found before any worker starts: a missing package, a
+    span file that cannot be appended to."""
+    tracing = config.tracing
+    if tracing.exporter == "none":
+        return None
+    needs = ["opentelemetry.sdk"] + (
+        ["opentelemetry.exporter.otlp.proto.http"] if tracing.exporter == "otlp" else [])
+    problems = [f"tracing.exporter is {tracing.exporter!r}, which needs the package "
+                f"{name.replace('.', '-')}: {EXTRA}"
+                for name in needs if not _importable(name)]
+    if tracing.exporter == "console" and tracing.endpoint:
+        path = tracing.endpoint
+        folder = os.path.dirname(os.path.abspath(path))
+        if not (os.access(path, os.W_OK) if os.path.exists(path) else
+                os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            problems.append(f"tracing.endpoint: cannot append spans to {path!r}")
+    return problems
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 @hookimpl(trylast=True)

@@ -4,7 +4,9 @@
 import contextlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,7 +14,7 @@ import pytest
 
 from inferegator.backends.base import upstream_request_id
 from tests.gateway_fixtures import MODEL, gateway_yaml, sdk
-from tests.support.processes import wait_until
+from tests.support.processes import BIN, wait_until
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -174,14 +176,21 @@ def otlp_installed() -> bool:
         return False
 
 
-@pytest.mark.skipif(otlp_installed(), reason="the OTLP exporter is installed here")
-def test_otlp_without_its_exporter_package_fails_at_start_naming_it(start_sim,
-                                                                    start_gateway):
+def test_a_span_file_that_cannot_be_written_stops_serve_before_any_worker(start_sim,
+                                                                         tmp_path):
     sim = start_sim("--instant")
-    with pytest.raises(RuntimeError) as failed:
-        start_gateway(gateway_yaml([sim], extra="tracing: {exporter: otlp}\n"))
-    assert "opentelemetry-exporter-otlp-proto-http" in str(failed.value)
-    assert "inferegator[tracing]" in str(failed.value)
+    path = tmp_path / "bad.yaml"
+    path.write_text(gateway_yaml([sim], extra="tracing: {exporter: console, endpoint: "
+                                              f"'{tmp_path}/no/such/folder/spans.jsonl'}}\n"))
+    checked = subprocess.run([os.path.join(BIN, "inferegator"), "check-config", "--config",
+                              str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 2
+    assert "tracing.endpoint: cannot append spans to" in checked.stderr
+    served = subprocess.run([os.path.join(BIN, "inferegator"), "serve", "--config", str(path),
+                             "--bind", "127.0.0.1:0"], capture_output=True, text=True,
+                            timeout=60)
+    assert served.returncode == 2 and served.stderr == checked.stderr
+    assert "Booting worker" not in served.stdout + served.stderr
 
 
 @contextlib.contextmanager

@@ -67,6 +67,12 @@ def run_check_config(args) -> int:
         print(f"inferegator: invalid configuration:\n{config_name(args.config)}: {exc}",
               file=sys.stderr)
         return 2
+    problems = [problem for found in gateway.hook.inferegator_check_config(config=config)
+                for problem in found or ()]
+    if problems:
+        print("inferegator: invalid configuration:\n" + "\n".join(
+            f"{config_name(args.config)}: {problem}" for problem in problems), file=sys.stderr)
+        return 2
     print(f"{config_name(args.config)}: OK")
     for model in gateway.catalog.models.values():
         p = model.pricing
