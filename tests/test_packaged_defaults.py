@@ -130,37 +130,25 @@ def test_serve_with_no_config_from_an_empty_folder(wheel, tmp_path):
             key = found[0] if found else None
             time.sleep(0.1)
         assert key, output()
-        while time.monotonic() < deadline:
+        ready = None
+        while time.monotonic() < deadline:  # until both supervised simulators pass a probe
             try:
-                if requests.get(url + "/health", timeout=1).status_code == 200:
+                ready = requests.get(url + "/ready", timeout=1)
+                if ready.status_code == 200:
                     break
             except requests.RequestException:
                 pass
             time.sleep(0.1)
+        assert ready is not None and ready.status_code == 200, output()
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-        reply = None
-        while reply is None:  # until the supervised simulator passes its health check
-            try:
-                reply = client.chat.completions.create(
-                    model=README_MODEL,
-                    messages=[{"role": "user", "content": "Explain GPU inference in one "
-                                                          "sentence."}])
-            except (openai.APIStatusError, openai.APIConnectionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        reply = client.chat.completions.create(
+            model=README_MODEL,
+            messages=[{"role": "user", "content": "Explain GPU inference in one sentence."}])
         assert reply.choices[0].message.content
         assert (folder / "inferegator.db").is_file(), sorted(os.listdir(folder))
         assert client.responses.create(model=README_MODEL, input="Hi.",
                                        max_output_tokens=16).output_text
-        vectors = None
-        while vectors is None:  # the embedding simulator may pass its health check later
-            try:
-                vectors = client.embeddings.create(model=EMBEDDING_MODEL, input=["a", "b"])
-            except openai.APIStatusError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        vectors = client.embeddings.create(model=EMBEDDING_MODEL, input=["a", "b"])
         assert [len(item.embedding) for item in vectors.data] == [1024, 1024]
     finally:
         if proc.poll() is None:
@@ -170,6 +158,7 @@ def test_serve_with_no_config_from_an_empty_folder(wheel, tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        print(output())  # shown by pytest when the test failed
         log.close()
 
 

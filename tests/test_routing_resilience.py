@@ -1,11 +1,17 @@
 """Health, circuit breakers, retries and drains against real gateways and simulators."""
 
 import json
+import os
+import signal
+import threading
 import time
 
 import openai
 import requests
 
+from inferegator.config import parse_config
+from inferegator.factory import build_gateway
+from inferegator.store.store import Store
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision, sdk
 from tests.support.processes import wait_until
 
@@ -191,3 +197,44 @@ def test_a_drain_reaches_every_worker(start_sim, start_gateway, redis_server):
 
     wait_until(all_avoid_a, timeout=10, interval=0.05)
     assert a.metric("num_requests_total") >= before
+
+
+def _connected_to(port: int) -> bool:
+    """Has some socket here an established TCP connection to 127.0.0.1:``port``?"""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return any(row[2] == f"0100007F:{port:04X}" and row[3] == "01" for row in rows)
+
+
+def test_a_probe_outrun_by_an_answered_request_leaves_the_backend_in(start_sim, tmp_path):
+    """A first probe sent while the runtime could not answer yet (booting, on a slow
+    machine) times out after a request to it was answered: the probe is stale and must not
+    take the backend out; a probe that no answer outran still does."""
+    sim = start_sim("--instant")
+    config = parse_config(
+        "models:\n  - id: m\n    backends:\n"
+        f"      - {{type: sglang, url: '{sim.url}', model: sim-model}}\n"
+        "resilience: {health_check_timeout_s: 1.0}\n"
+        "plugins:\n  console: {enabled: false}\n")
+    gateway = build_gateway(config, store=Store(f"sqlite:///{tmp_path}/s.db"),
+                            entry_points=False)
+    backend = next(iter(gateway.catalog.backends()))
+    os.killpg(sim.proc.pid, signal.SIGSTOP)  # connections queue; nothing answers
+    try:
+        probing = threading.Thread(target=gateway.check_health)
+        probing.start()
+        wait_until(lambda: _connected_to(sim.port), timeout=10)  # the probe is out
+        lease = backend.lease()  # a request the runtime answers meanwhile
+        lease.succeeded()
+        lease.close()
+        probing.join()
+        assert backend.probe_ok is None and backend.healthy
+        gateway.check_health()  # no answer outran this one
+        assert backend.probe_ok is False and not backend.healthy
+    finally:
+        os.killpg(sim.proc.pid, signal.SIGCONT)
+    try:
+        gateway.check_health()
+        assert backend.probe_ok is True and backend.healthy
+    finally:
+        gateway.close()

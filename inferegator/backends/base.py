@@ -143,6 +143,7 @@ class BackendAdapter:
         self.breaker = CircuitBreaker(resilience.breaker_failures, resilience.breaker_open_s)
         self.in_flight = 0
         self.last_failure = 0.0
+        self.last_success = 0.0  # monotonic time of the last answered request
         self.failed_probes = 0
         self.passed_probes = 0
         # The runtime's own load as it last reported it (SGLang /v1/loads), or None:
@@ -255,6 +256,7 @@ class BackendAdapter:
             self.breaker.failure()
 
     def mark_succeeded(self) -> None:
+        self.last_success = time.monotonic()
         self.breaker.success()
 
     def state(self) -> dict:

@@ -70,8 +70,13 @@ class Gateway:
         backends = list(self.catalog.backends())
         timeout = resilience.health_check_timeout_s
         never_healthy_warn_after = 10  # failed probes before "never healthy" is logged
+        sent = time.monotonic()
         results = Pool(16).map(lambda b: b.probe(timeout), backends)
         for backend, ok in zip(backends, results):
+            if not ok and backend.last_success > sent:
+                # A request answered after the probe went out (a runtime still booting
+                # when probed, or too busy to answer it in time): the probe is stale.
+                continue
             seen_healthy = getattr(backend, "seen_healthy", False)
             if ok:
                 backend.failed_probes, backend.passed_probes = 0, backend.passed_probes + 1
