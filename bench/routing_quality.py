@@ -12,6 +12,9 @@ shared-system-prompt generator, see bench/workloads.py) and for each target in t
   ig-cache_aware      inferegator serve, routing: cache_aware
   ig-cache_aware-x2   two inferegator replicas (same config), requests alternate A, B, A, ...
                       so each conversation's turns are split between them
+  ig-prefix_index     inferegator serve, routing: prefix_index (its index in memory)
+  ig-prefix_index-x2  two replicas as above, routing: prefix_index, sharing one index in a
+                      private Redis (Debian's redis-server, emptied before each pass)
   sglr-cache_aware    sglang-router (Rust), --policy cache_aware, its default thresholds
   sglr-round_robin    sglang-router, --policy round_robin
 
@@ -106,6 +109,7 @@ from gateway_overhead import (  # noqa: E402  (bench/ on the path)
 )
 
 from tests.support.processes import GatewayServer, ServerProcess, Simulator, free_port  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 
 OUT_DIR = BENCH_DIR / "out"
 PUBLIC_MODEL = "acme/sim-chat"
@@ -118,6 +122,8 @@ TARGETS = {
     "ig-least_load": ("inferegator", "least_load", 1),
     "ig-cache_aware": ("inferegator", "cache_aware", 1),
     "ig-cache_aware-x2": ("inferegator", "cache_aware", 2),
+    "ig-prefix_index": ("inferegator", "prefix_index", 1),
+    "ig-prefix_index-x2": ("inferegator", "prefix_index", 2),
     "sglr-cache_aware": ("sglang-router", "cache_aware", 1),
     "sglr-round_robin": ("sglang-router", "round_robin", 1),
 }
@@ -163,10 +169,13 @@ def flush_when_idle(urls, timeout=60.0) -> None:
 
 # -- front ends -------------------------------------------------------------------------------
 
-def gateway_yaml(sim_urls, storage: str, policy: str, options: dict | None = None) -> str:
+def gateway_yaml(sim_urls, storage: str, policy: str, options: dict | None = None,
+                 redis_url: str | None = None) -> str:
+    store = f", store: '{redis_url}'" if redis_url else ""
     lines = ["server:", "  workers: 1", "  health_check_interval_s: 1.0",
              f"storage: '{storage}'",
-             "ratelimit: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000}",
+             "ratelimit: {requests_per_minute: 1000000000, tokens_per_minute: 1000000000000"
+             f"{store}}}",
              "models:", f"  - id: {PUBLIC_MODEL}", "    owned_by: acme",
              "    pricing: {prompt: 1.0, completion: 2.0, cached_prompt: 0.5}",
              "    capabilities: [chat, completions, streaming]",
@@ -205,11 +214,11 @@ class FrontEnd:
                 print(f"# stopping {self.name} failed: {exc}", file=sys.stderr)
 
 
-def start_inferegator(name, sim_urls, policy, replicas, config_dir, storage, options=None
-                      ) -> FrontEnd:
+def start_inferegator(name, sim_urls, policy, replicas, config_dir, storage, options=None,
+                      redis_url=None) -> FrontEnd:
     servers = []
     try:
-        text = gateway_yaml(sim_urls, storage, policy, options)
+        text = gateway_yaml(sim_urls, storage, policy, options, redis_url)
         for _ in range(replicas):
             servers.append(GatewayServer(config_dir, text, "--workers", "1"))
     except BaseException:
@@ -560,7 +569,7 @@ def main() -> int:
               "routing_code_sha256": code_hashes(),
               "workloads": {name: facts for name, (_, facts) in loads.items()},
               "runs": []}
-    sims, front = [], None
+    sims, front, redis = [], None, None
     config_dir = tempfile.mkdtemp(prefix="inferegator-routing-")
     try:
         for _ in range(args.sims):
@@ -592,8 +601,14 @@ def main() -> int:
                 if t in skipped:
                     continue
                 if kind == "inferegator":
+                    redis_url = None
+                    if policy == "prefix_index" and replicas > 1:
+                        if redis is None:
+                            redis = RedisServer()
+                        redis.client.flushall()
+                        redis_url = redis.url
                     front = start_inferegator(t, sim_urls, policy, replicas, config_dir,
-                                              storage, routing_options.get(policy))
+                                              storage, routing_options.get(policy), redis_url)
                 else:
                     front = start_router(t, sim_urls, policy, python, args.router_args.split())
                 try:
@@ -626,6 +641,8 @@ def main() -> int:
                 sim.stop()
             except Exception as exc:
                 print(f"# stopping a simulator failed: {exc}", file=sys.stderr)
+        if redis is not None:
+            redis.stop()
         shutil.rmtree(config_dir, ignore_errors=True)
 
     record["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(

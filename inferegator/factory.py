@@ -34,7 +34,7 @@ DEFAULT_PLUGINS = (
     "rate_limits", "auth_api_keys", "usage_ledger", "accounts_api", "admin_backends",
     "backend_sglang", "backend_openai", "routing_round_robin", "routing_weighted",
     "routing_least_load", "routing_power_of_two", "routing_cache_aware", "routing_sticky",
-    "console", "metrics", "access_log", "tracing",
+    "routing_prefix_index", "console", "metrics", "access_log", "tracing",
 )
 log = logging.getLogger("inferegator.plugins")
 

@@ -46,8 +46,11 @@ from .outcome import (
     Usage,
 )
 from .periodic import every
+from .prefix_index.pages import page_hashes
+from .prefix_index.stores import open_prefix_index
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
+from .redis_scripts import StoreUnavailable
 from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load
 from .routing_ring import RingPolicy
 from .store import api_validation as validate
@@ -78,5 +81,6 @@ __all__ = [
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
-    "may_use", "every",
+    "may_use", "every", "page_hashes", "open_prefix_index",
+    "StoreUnavailable",
 ]

@@ -19,15 +19,28 @@ class SGLangBackend(BackendAdapter):
     def health_url(self) -> str:
         return self.url + "/health"
 
+    def flush_cache(self) -> bool:
+        """POST /flush_cache: True when the runtime dropped its prefix cache."""
+        try:
+            resp = self.session.post(self.url + "/flush_cache", headers=self.auth_headers(),
+                                     timeout=self.timeout)
+            resp.close()
+            return resp.status_code == 200
+        except requests.RequestException:
+            return False
+
     def poll_load(self) -> dict | None:
-        """num_running_reqs + num_waiting_reqs from /v1/loads (older runtimes: /get_load)."""
+        """num_running_reqs + num_waiting_reqs from /v1/loads (older runtimes: /get_load),
+        and the token capacity of its KV cache (max_total_num_tokens) where reported."""
         try:
             resp = self.session.get(self.url + "/v1/loads", params={"include": "core"},
                                     timeout=1.0)
             if resp.status_code == 200:
                 ranks = resp.json().get("loads") or []
                 return {"running": sum(r.get("num_running_reqs", 0) for r in ranks),
-                        "waiting": sum(r.get("num_waiting_reqs", 0) for r in ranks)}
+                        "waiting": sum(r.get("num_waiting_reqs", 0) for r in ranks),
+                        "capacity_tokens": sum(r.get("max_total_num_tokens") or 0
+                                               for r in ranks) or None}
             resp = self.session.get(self.url + "/get_load", timeout=1.0)
             if resp.status_code == 200:
                 ranks = resp.json()

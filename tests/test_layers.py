@@ -35,6 +35,8 @@ UPPER = ("inferegator.gateway", "inferegator.commands", "inferegator.factory",
 LOWER = {
     "inferegator/store": UPPER,
     "inferegator/ratelimit": UPPER,
+    "inferegator/prefix_index": UPPER,
+    "inferegator/redis_scripts.py": UPPER,
     # The configuration is read by the runtime supervisor and the SGLang launcher, never
     # the other way round (the launch description lives in inferegator/config/launch.py).
     "inferegator/config": UPPER + ("inferegator.runtimes", "inferegator.sglang_launch"),

@@ -139,7 +139,10 @@ class BackendAdapter:
         self._transport = None  # the hot path's; built on first use (auth_headers)
         resilience = resilience or ResilienceConfig()
         self.probe_ok = None  # unknown until the first probe, which decides either way
-        self.drained = False  # taken out of rotation by an operator
+        self._drained = False
+        # Moves when the runtime's prefix cache is known to be gone (it came back after
+        # failing, was drained or flushed): what routing remembers of it is stale.
+        self.cache_epoch = 0
         self.breaker = CircuitBreaker(resilience.breaker_failures, resilience.breaker_open_s)
         self.in_flight = 0
         self.last_failure = 0.0
@@ -169,7 +172,13 @@ class BackendAdapter:
         return {}
 
     def poll_load(self) -> dict | None:
-        """The runtime's own load, {"running": n, "waiting": n}, if it reports one."""
+        """The runtime's own load, {"running": n, "waiting": n}, if it reports one
+        (SGLang's adds "capacity_tokens": its KV cache's size, or None)."""
+        return None
+
+    def flush_cache(self) -> bool | None:
+        """Ask the runtime to drop its prefix cache: True if it did, False if it refused,
+        None when this backend type has none to flush."""
         return None
 
     @property
@@ -241,6 +250,17 @@ class BackendAdapter:
             return resp.status_code == 200
         except requests.RequestException:
             return False
+
+    @property
+    def drained(self) -> bool:
+        """Taken out of rotation by an operator (a drain also ends its cache_epoch)."""
+        return self._drained
+
+    @drained.setter
+    def drained(self, value: bool) -> None:
+        if value and not self._drained:
+            self.cache_epoch += 1
+        self._drained = value
 
     @property
     def healthy(self) -> bool:

@@ -53,12 +53,14 @@ class CircuitBreaker:
         self._trial_running = False
         self._refused = False
 
-    def probe_passed(self) -> None:
+    def probe_passed(self) -> bool:
         """A passed health probe closes a circuit opened by refused connections (the
-        runtime was down and is back), not one opened by failing requests: a runtime
+        runtime was down and is back: True), not one opened by failing requests: a runtime
         whose /health answers while its generations hang must stay out."""
         if self._refused and self._state != CLOSED:
             self.success()
+            return True
+        return False
 
     def failure(self) -> None:
         self.failures += 1

@@ -80,7 +80,8 @@ class Gateway:
             seen_healthy = getattr(backend, "seen_healthy", False)
             if ok:
                 backend.failed_probes, backend.passed_probes = 0, backend.passed_probes + 1
-                backend.breaker.probe_passed()
+                if backend.breaker.probe_passed():
+                    backend.cache_epoch += 1  # it was down: a new process, an empty cache
                 if not seen_healthy:
                     backend.seen_healthy = True
                     log.info("backend %s is healthy", backend.name)
@@ -89,6 +90,7 @@ class Gateway:
                 elif not backend.probe_ok and backend.passed_probes >= resilience.healthy_after:
                     if seen_healthy:  # else its first pass was logged just above
                         log.warning("backend %s passes its health checks again", backend.name)
+                        backend.cache_epoch += 1
                     backend.probe_ok = True
             else:
                 backend.passed_probes, backend.failed_probes = 0, backend.failed_probes + 1

@@ -8,13 +8,12 @@ Each admission is remembered (member -> amount) until it leaves the window, whic
 what makes counts exact: a limit of N admits N in any window, never N + 1.
 """
 
-import hashlib
 import pathlib
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from .resp import PipelinedRedis, RedisReplyError
+from ..redis_scripts import Script, StoreUnavailable, open_scripts  # noqa: F401 (raised here)
 
 _LUA = pathlib.Path(__file__).parent
 
@@ -35,10 +34,6 @@ class Decision:
     now_ms: int
     used: list  # per limit, after this admission if admitted
     oldest_ms: list  # per limit, the oldest admission still counted (-1: none)
-
-
-class StoreUnavailable(Exception):
-    """The shared counter store could not be reached."""
 
 
 class MemoryWindowStore:
@@ -112,93 +107,9 @@ class MemoryWindowStore:
         window[1][member] = amount
 
 
-@dataclass(frozen=True)
-class Script:
-    """A Lua script of this package, by the SHA1 that EVALSHA names it with."""
-
-    text: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> "Script":
-        text = (_LUA / name).read_text()
-        return cls(text, hashlib.sha1(text.encode()).hexdigest())
-
-
-ADMIT = Script.load("window.lua")
-RECONCILE = Script.load("reconcile.lua")
-PEEK = Script.load("peek.lua")
-
-
-class _PipelinedScripts:
-    """Scripts over PipelinedRedis (redis://, unix://): one shared connection per process.
-
-    ``run`` waits for the reply, ``send`` does not. A script Redis has not cached (after
-    a restart or SCRIPT FLUSH: a NOSCRIPT error) is loaded and run again once; a sent one
-    is sent again as EVAL with its text instead (from the hub, where nothing may wait).
-    """
-
-    def __init__(self, url: str, timeout_s: float):
-        self.client = PipelinedRedis(url, timeout_s)
-        self._texts = {script.sha: script.text for script in (ADMIT, RECONCILE, PEEK)}
-
-    def run(self, script: Script, keys: list, args: list) -> list:
-        call = self.client.call
-        try:
-            try:
-                return call("EVALSHA", script.sha, len(keys), *keys, *args)
-            except RedisReplyError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                call("SCRIPT", "LOAD", script.text)
-                return call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except (RedisReplyError, OSError) as exc:  # RedisUnavailable is an OSError
-            raise StoreUnavailable(str(exc)) from None
-
-    def send(self, script: Script, keys: list, args: list) -> None:
-        try:
-            self.client.send("EVALSHA", script.sha, len(keys), *keys, *args,
-                             on_error=self._resend)
-        except OSError as exc:
-            raise StoreUnavailable(str(exc)) from None
-
-    def _resend(self, error, command) -> bool:
-        if not str(error).startswith("NOSCRIPT"):
-            return False  # logged by the client
-        self.client.send("EVAL", self._texts[command[1]], *command[2:])
-        return True
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class _RedisPyScripts:
-    """Scripts over redis-py (rediss://, which PipelinedRedis does not speak): a bounded
-    pool of blocking connections; ``send`` waits for its reply too."""
-
-    def __init__(self, url: str, timeout_s: float):
-        import redis
-
-        # Bounded: a stalled Redis must not make each worker open a connection per request.
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=timeout_s,
-                                                     socket_timeout=timeout_s,
-                                                     socket_connect_timeout=timeout_s)
-        self.client = redis.Redis(connection_pool=pool)
-        self._errors = (redis.RedisError, OSError)  # incl. the pool's wait timing out
-        # redis-py's Script runs EVALSHA, and on NOSCRIPT loads the script and runs it again
-        self._scripts = {script: self.client.register_script(script.text)
-                         for script in (ADMIT, RECONCILE, PEEK)}
-
-    def run(self, script: Script, keys: list, args: list) -> list:
-        try:
-            return self._scripts[script](keys=keys, args=args)
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from None
-
-    send = run
-
-    def close(self) -> None:
-        self.client.close()
+ADMIT = Script.load(_LUA, "window.lua")
+RECONCILE = Script.load(_LUA, "reconcile.lua")
+PEEK = Script.load(_LUA, "peek.lua")
 
 
 class RedisWindowStore:
@@ -212,12 +123,7 @@ class RedisWindowStore:
     """
 
     def __init__(self, url: str, timeout_s: float = 0.5, pipelined: bool | None = None):
-        tls = url.partition("://")[0].lower() == "rediss"
-        if pipelined is None:
-            pipelined = not tls
-        elif pipelined and tls:
-            raise ValueError("PipelinedRedis does not speak TLS (rediss://)")
-        self._redis = (_PipelinedScripts if pipelined else _RedisPyScripts)(url, timeout_s)
+        self._redis = open_scripts(url, (ADMIT, RECONCILE, PEEK), timeout_s, pipelined)
 
     @staticmethod
     def _keys(limits: list[Limit]) -> list[str]:
