@@ -1,8 +1,12 @@
-"""The simulated inference engine: running cap, FIFO queue, prefill and decode timing, cache.
+"""The simulated inference engine: queue, batched prefill and decode rounds, cache.
 
 Each request runs in its own greenlet (the one serving its HTTP request) through
-``Engine.generate``; the engine's shared state is only touched between gevent
-switches, so it needs no locks.
+``Engine.generate`` or ``Engine.encode``. One scheduler greenlet per engine runs the
+GPU's side as SGLang's scheduler does: round after round it runs either a prefill batch
+(new requests, FIFO, up to ``--chunked-prefill-size`` uncached tokens, a longer prompt in
+chunks over several rounds) or, when nothing waits to prefill, one decode step for every
+running request. The request greenlets wait on the scheduler's signals. The engine's shared
+state is only touched between gevent switches, so it needs no locks.
 """
 
 import time
@@ -57,7 +61,14 @@ class SimRequest:
     text: str = ""
     finish_reason: dict | None = None
     aborted: Event = field(default_factory=Event)
-    admitted: Event = field(default_factory=Event)
+    # The scheduler's side: what it still has to do for the request, and its signals.
+    uses_cache: bool = True  # embeddings do not
+    decodes: bool = False  # joins the decode batch once prefilled
+    prefill_left: int = 0  # uncached prompt tokens not prefilled yet
+    cache_lock: list = field(default_factory=list)  # the cache path locked for it
+    tokens_ready: int = 0  # tokens the scheduler has produced for it so far
+    prefilled: Event = field(default_factory=Event)
+    tick: Event = field(default_factory=Event)  # set when tokens_ready grows
 
     @property
     def prompt_tokens(self) -> int:
@@ -94,8 +105,9 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.cache = PrefixCache(settings.cache_capacity_tokens, settings.page_size)
-        self.running: dict[str, SimRequest] = {}
-        self.waiting: deque[SimRequest] = deque()
+        self.running: dict[str, SimRequest] = {}  # admitted: prefilling or decoding
+        self.waiting: deque[SimRequest] = deque()  # not admitted yet, FIFO
+        self.decoding: dict[str, SimRequest] = {}  # the decode batch
         self.live: dict[str, SimRequest] = {}
         self.counters = dict.fromkeys(
             ("prompt_tokens_total", "generation_tokens_total", "cached_tokens_total",
@@ -105,32 +117,129 @@ class Engine:
             "e2e_request_latency_seconds", "queue_time_seconds")}
         self._recent_tokens: deque[tuple[int, int]] = deque()  # (second, tokens) for throughput
         self._since_flush = {"prompt": 0, "cached": 0}  # for cache_hit_rate; counters never drop
+        self._chunked: SimRequest | None = None  # the request whose prefill goes on next round
+        self._work = Event()  # set when the scheduler may have something to do
+        self._scheduler = None
 
-    # -- scheduling -----------------------------------------------------------------------
+    # -- the scheduler (the GPU's side) ---------------------------------------------------
 
-    def _acquire(self, req: SimRequest) -> None:
-        if len(self.running) < self.settings.max_running_requests and not self.waiting:
-            self.running[req.rid] = req
-            return
+    def _wake(self) -> None:
+        """Tell the scheduler there may be work; start it on first use (in this hub)."""
+        self._work.set()
+        if self._scheduler is None or self._scheduler.dead:
+            self._scheduler = gevent.spawn(self._schedule_forever)
+
+    def _schedule_forever(self) -> None:
+        """SGLang's event loop: each round a prefill batch if any, else one decode step."""
+        while True:
+            batch = self._next_prefill_batch()
+            if batch:
+                self._run_prefill(batch)
+            elif self.decoding:
+                self._run_decode_step()
+            else:
+                self._work.clear()
+                self._work.wait()
+
+    def _next_prefill_batch(self) -> list[tuple[SimRequest, int]]:
+        """(request, tokens this round): the unfinished chunk first, then admitted waiters.
+
+        As SGLang's PrefillAdder: uncached tokens up to --chunked-prefill-size, requests up to
+        --max-running-requests; the request that overflows the budget gets a chunk of it.
+        """
+        budget = self.settings.chunked_prefill_size
+        batch = []
+        chunked, self._chunked = self._chunked, None
+        if chunked is not None:
+            batch.append((chunked, min(chunked.prefill_left, budget)))
+            budget -= batch[-1][1]
+        while budget > 0 and self.waiting and \
+                len(self.running) < self.settings.max_running_requests:
+            req = self.waiting.popleft()
+            if req.aborted.is_set():  # its greenlet is about to leave
+                continue
+            self._admit(req)
+            batch.append((req, min(req.prefill_left, budget)))
+            budget -= batch[-1][1]
+        return batch
+
+    def _admit(self, req: SimRequest) -> None:
+        """Move a waiting request into the running batch: match and lock its cached prefix."""
+        self.running[req.rid] = req
+        req.scheduled = self.clock()
+        if req.uses_cache:
+            req.cache_lock = self.cache.match(req.prompt_ids)
+            self.cache.lock(req.cache_lock)
+            req.cached_tokens = len(req.cache_lock) * self.cache.page_size
+        req.prefill_left = req.prompt_tokens - req.cached_tokens
+
+    def _run_prefill(self, batch: list[tuple[SimRequest, int]]) -> None:
+        """One prefill forward: all its tokens at --prefill-tokens-per-s; decode waits."""
+        s = self.settings
+        tokens = sum(n for _, n in batch)
+        gevent.sleep(0.0 if s.instant else tokens / s.prefill_tokens_per_s)
+        for req, n in batch:
+            if self.running.get(req.rid) is not req:  # aborted during the round: it has left
+                continue
+            req.prefill_left -= n
+            if req.prefill_left > 0:
+                self._chunked = req
+                continue
+            if req.decodes:
+                self.decoding[req.rid] = req
+            self._give_token(req)  # a prefill samples the first token
+            req.prefilled.set()
+
+    def _run_decode_step(self) -> None:
+        """One decode forward: a token for every request of the decode batch."""
+        s = self.settings
+        batch = list(self.decoding.values())
+        gevent.sleep(s.decode_ms_per_token / 1000.0
+                     * (1.0 + s.decode_batch_slope * (len(batch) - 1)))
+        for req in batch:
+            if req.rid in self.decoding:  # not finished or aborted meanwhile
+                self._give_token(req)
+
+    @staticmethod
+    def _give_token(req: SimRequest) -> None:
+        """Hand the request one more token (its greenlet turns it into text)."""
+        req.tokens_ready += 1
+        req.tick.set()
+
+    # -- the request's side ---------------------------------------------------------------
+
+    def _prefill(self, req: SimRequest) -> None:
+        """Queue the request and wait until the scheduler has prefilled all of it."""
         self.waiting.append(req)
-        gevent.wait([req.admitted, req.aborted], count=1)
-        if not req.admitted.is_set():
-            if req in self.waiting:  # _release may already have dropped it
-                self.waiting.remove(req)
+        self._wake()
+        gevent.wait([req.prefilled, req.aborted], count=1)
+        if not req.prefilled.is_set():
             raise Aborted(req.rid)
 
-    def _release(self, req: SimRequest) -> None:
-        if self.running.pop(req.rid, None) is None:
+    def _await_token(self, req: SimRequest) -> None:
+        """Wait for the scheduler to produce the request's next token (at once if instant)."""
+        if self.settings.instant:
+            if req.aborted.is_set():
+                raise Aborted(req.rid)
             return
-        while self.waiting and len(self.running) < self.settings.max_running_requests:
-            nxt = self.waiting.popleft()
-            if not nxt.aborted.is_set():
-                self.running[nxt.rid] = nxt
-                nxt.admitted.set()
+        while True:
+            if req.aborted.is_set():
+                raise Aborted(req.rid)
+            if req.tokens_ready > len(req.output_ids):
+                return
+            req.tick.clear()
+            gevent.wait([req.tick, req.aborted], count=1)
 
-    def _pause(self, req: SimRequest, seconds: float) -> None:
-        if req.aborted.is_set() or (seconds > 0 and req.aborted.wait(seconds)):
-            raise Aborted(req.rid)
+    def _leave(self, req: SimRequest) -> None:
+        """Take the request out of the queue, both batches and the running set, at once."""
+        self.live.pop(req.rid, None)
+        self.decoding.pop(req.rid, None)
+        if self._chunked is req:
+            self._chunked = None
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if self.running.pop(req.rid, None) is not None:
+            self._wake()  # its place may go to a waiting request
 
     def abort(self, rid: str) -> int:
         """Abort every waiting or running request whose rid starts with rid (as SGLang)."""
@@ -158,6 +267,11 @@ class Engine:
                 f"Please reduce the number of tokens in the input messages or the completion "
                 f"to fit within the limit.")
 
+    def _token_limit(self, req: SimRequest) -> int:
+        """The most tokens the request may generate (max_new_tokens, else the context left)."""
+        limit = req.params.max_new_tokens
+        return self.settings.context_length - req.prompt_tokens if limit is None else limit
+
     def generate(self, req: SimRequest):
         """Run one request to the end.
 
@@ -165,24 +279,15 @@ class Engine:
         held back). Raises Aborted if the request is aborted; the request leaves the running batch
         (and the queue) at once either way.
         """
-        s = self.settings
         req.arrived = self.clock()
+        req.decodes = self._token_limit(req) > 0 and not self.settings.instant
         self.live[req.rid] = req
-        locked = []
         try:
-            self._acquire(req)
-            req.scheduled = self.clock()
-            locked = self.cache.match(req.prompt_ids)
-            self.cache.lock(locked)
-            req.cached_tokens = len(locked) * self.cache.page_size
-            if s.instant:
-                gevent.sleep(0)  # let other connections in: instant mode never waits otherwise
-            self._pause(req, 0.0 if s.instant
-                        else (req.prompt_tokens - req.cached_tokens) / s.prefill_tokens_per_s)
+            self._prefill(req)
             full_path = self.cache.insert(req.prompt_ids)
             self.cache.lock(full_path)
-            self.cache.unlock(locked)
-            locked = full_path
+            self.cache.unlock(req.cache_lock)
+            req.cache_lock = full_path
             self.cache.evict()
             yield from self._decode(req)
             req.finished = self.clock()
@@ -191,28 +296,23 @@ class Engine:
             self._record_aborted(req)
             raise
         finally:
-            self.cache.unlock(locked)
+            self._leave(req)
+            self.cache.unlock(req.cache_lock)
             if req.output_ids:
                 # Like SGLang, keep the whole sequence so a conversation's next turn hits.
                 self.cache.insert(req.prompt_ids + req.output_ids)
                 self.cache.evict()
-            self.live.pop(req.rid, None)
-            self._release(req)
 
     def encode(self, req: SimRequest) -> None:
         """Run one embedding request: queue and prefill of the whole prompt, no decode.
 
         Embeddings do not use the prefix cache. Raises Aborted if the request is aborted.
         """
-        s = self.settings
         req.arrived = self.clock()
+        req.uses_cache = False
         self.live[req.rid] = req
         try:
-            self._acquire(req)
-            req.scheduled = self.clock()
-            if s.instant:
-                gevent.sleep(0)
-            self._pause(req, 0.0 if s.instant else req.prompt_tokens / s.prefill_tokens_per_s)
+            self._prefill(req)
             req.finished = self.clock()
             req.finish_reason = {"type": "length", "length": 0}
             self._record_finished(req)
@@ -220,8 +320,8 @@ class Engine:
             self._record_aborted(req)
             raise
         finally:
-            self.live.pop(req.rid, None)
-            self._release(req)
+            self._leave(req)
+
 
     def _record_aborted(self, req: SimRequest) -> None:
         req.finished = self.clock()
@@ -230,11 +330,10 @@ class Engine:
         self.counters["generation_tokens_total"] += req.completion_tokens
 
     def _decode(self, req: SimRequest):
+        """Yield the request's text deltas, one per token the scheduler gives it."""
         s = self.settings
         p = req.params
-        limit = p.max_new_tokens
-        if limit is None:
-            limit = s.context_length - req.prompt_tokens
+        limit = self._token_limit(req)
         if p.output is None:
             gen = TextGenerator(req.prompt_ids, p.seed, s.output_tokens_min,
                                 s.output_tokens_max)
@@ -247,14 +346,10 @@ class Engine:
         full = visible = ""
         previous = req.scheduled
         while True:
-            if len(req.output_ids) == eos_at:
-                req.finish_reason = {"type": "stop", "matched": EOS_TOKEN_ID}
+            req.finish_reason = _length_end(len(req.output_ids), eos_at, limit)
+            if req.finish_reason is not None:
                 break
-            if len(req.output_ids) >= limit:
-                req.finish_reason = {"type": "length", "length": limit}
-                break
-            self._pause(req, 0.0 if s.instant else s.decode_ms_per_token / 1000.0
-                        * (1.0 + s.decode_batch_slope * (len(self.running) - 1)))
+            self._await_token(req)
             text, tid = gen.next_token()
             req.output_ids.append(tid)
             req.token_texts.append(text)
@@ -267,6 +362,9 @@ class Engine:
             full += text
             shown = len(visible)
             visible, stop = _apply_stops(full, len(full) - len(text), p.stop)
+            if stop is not None or _length_end(len(req.output_ids), eos_at, limit):
+                # Its last token: leave the decode batch before the consumer runs.
+                self.decoding.pop(req.rid, None)
             yield visible[shown:]
             if stop is not None:
                 req.finish_reason = {"type": "stop", "matched": stop}
@@ -322,6 +420,15 @@ class Engine:
         self.cache.flush()
         self._since_flush = {"prompt": 0, "cached": 0}
         return True
+
+
+def _length_end(produced: int, eos_at: int | None, limit: int) -> dict | None:
+    """The finish reason once produced tokens reach the EOS point or the limit, else None."""
+    if produced == eos_at:
+        return {"type": "stop", "matched": EOS_TOKEN_ID}
+    if produced >= limit:
+        return {"type": "length", "length": limit}
+    return None
 
 
 def _apply_stops(text: str, new_from: int, stops: tuple[str, ...]):

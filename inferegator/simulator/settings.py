@@ -34,6 +34,11 @@ class SimSettings:
                                             "additional running request.", "timing")
     max_running_requests: int = _opt(64, "Requests decoded at once; the rest wait in a FIFO "
                                          "queue.", "timing")
+    chunked_prefill_size: int = _opt(8192, "Uncached prompt tokens prefilled per scheduling "
+                                           "round (SGLang's --chunked-prefill-size): waiting "
+                                           "requests join a round's prefill batch up to this "
+                                           "many tokens; a longer prompt is prefilled in "
+                                           "chunks over several rounds.", "timing")
     output_tokens_min: int = _opt(16, "Shortest natural answer (tokens) before EOS.", "output")
     output_tokens_max: int = _opt(96, "Longest natural answer (tokens) before EOS.", "output")
     tool_call_parser: str = _opt("none", "SGLang's --tool-call-parser: the model writes "
@@ -116,6 +121,8 @@ def from_arguments(args: argparse.Namespace) -> SimSettings:
         problems.append("--max-running-requests must be at least 1")
     if settings.page_size < 1:
         problems.append("--page-size must be at least 1")
+    if settings.chunked_prefill_size < 1:
+        problems.append("--chunked-prefill-size must be at least 1")
     if not 1 <= settings.output_tokens_min <= settings.output_tokens_max:
         problems.append("need 1 <= --output-tokens-min <= --output-tokens-max")
     if any(not 0.0 <= rate <= 1.0 for _, rate in settings.fault_rates):
