@@ -31,7 +31,8 @@ class SGLangBackend(BackendAdapter):
 
     def poll_load(self) -> dict | None:
         """num_running_reqs + num_waiting_reqs from /v1/loads (older runtimes: /get_load),
-        and the token capacity of its KV cache (max_total_num_tokens) where reported."""
+        the token capacity of its KV cache (max_total_num_tokens) and its running slots
+        (max_running_requests) where reported."""
         try:
             resp = self.session.get(self.url + "/v1/loads", params={"include": "core"},
                                     timeout=1.0)
@@ -40,7 +41,9 @@ class SGLangBackend(BackendAdapter):
                 return {"running": sum(r.get("num_running_reqs", 0) for r in ranks),
                         "waiting": sum(r.get("num_waiting_reqs", 0) for r in ranks),
                         "capacity_tokens": sum(r.get("max_total_num_tokens") or 0
-                                               for r in ranks) or None}
+                                               for r in ranks) or None,
+                        "slots": sum(r.get("max_running_requests") or 0
+                                     for r in ranks) or None}
             resp = self.session.get(self.url + "/get_load", timeout=1.0)
             if resp.status_code == 200:
                 ranks = resp.json()

@@ -6,11 +6,13 @@ prefix index, shared through Redis by every worker and replica (``index: auto`` 
 rate limiter's Redis when it has one; else each worker keeps its own, in memory). Each
 candidate's expected time to first token is
 
-    (prompt tokens it does not hold + load x mean uncached tokens per request)
+    (prompt tokens it does not hold + queued x mean uncached tokens per request)
         / prefill_tokens_per_s
 
-where load is the runtime's own report of its running and waiting requests (what every
-replica reads alike) plus this worker's requests sent since. The cheapest runtime whose
+where queued is how far its load would pass its running slots (SGLang's
+max_running_requests, as it reports them), and load is the runtime's own report of its
+running and waiting requests (what every replica reads alike) plus this worker's
+requests sent since. Equal costs go to the less loaded runtime. The cheapest runtime whose
 load is under the fairness cap, ceil((1 + balance_epsilon) x (total load + 1) / n), gets
 the request; a hot prefix that would push its runtime past the cap goes to the next
 cheapest, and is recorded there too, so the prefix then lives on both. The pages sent are
@@ -40,6 +42,7 @@ from inferegator.plugin import (
 log = logging.getLogger("inferegator.routing")
 NAME = "routing_prefix_index"
 DEFAULT_CAPACITY_TOKENS = 1_000_000  # a runtime that does not report its cache size
+DEFAULT_SLOTS = 1  # nor its running cap: every request in flight counts as queued
 WARN_EVERY_S = 10.0
 
 IMAGE_URL_TAIL = 64  # a data: URL's tail tells images apart without hashing megabytes
@@ -176,12 +179,15 @@ class PrefixIndexPolicy(RandomizedPolicy):
         keyed = []
         for backend, load, have in zip(backends, loads, held):
             uncached = (pages - have) * self.tokens_per_page
-            cost = (uncached + load * queued) / rate
-            keyed.append((load >= bound, cost, tie(), backend, uncached))
-        keyed.sort(key=lambda entry: entry[:3])
-        first_uncached = keyed[0][4]
+            # A request finds a running slot free until the runtime's slots are taken;
+            # past that it waits behind the queue (each about one mean prefill).
+            slots = (backend.reported_load or {}).get("slots") or DEFAULT_SLOTS
+            cost = (uncached + max(0.0, load + 1 - slots) * queued) / rate
+            keyed.append((load >= bound, cost, load, tie(), backend, uncached))
+        keyed.sort(key=lambda entry: entry[:4])
+        first_uncached = keyed[0][5]
         self.mean_uncached += 0.05 * (first_uncached - self.mean_uncached)
-        return [entry[3] for entry in keyed]
+        return [entry[4] for entry in keyed]
 
     def _clear_restarted(self, backends: list, runtimes: list[str]) -> None:
         """Forget the pages of a runtime whose cache is gone (restart, flush, drain)."""

@@ -173,7 +173,8 @@ class BackendAdapter:
 
     def poll_load(self) -> dict | None:
         """The runtime's own load, {"running": n, "waiting": n}, if it reports one
-        (SGLang's adds "capacity_tokens": its KV cache's size, or None)."""
+        (SGLang's adds "capacity_tokens", its KV cache's size, and "slots", its running
+        requests' cap; either may be None)."""
         return None
 
     def flush_cache(self) -> bool | None:
