@@ -51,7 +51,7 @@ from .prefix_index.stores import open_prefix_index
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
 from .redis_scripts import StoreUnavailable
-from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load
+from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load, content_texts
 from .routing_ring import RingPolicy
 from .store import api_validation as validate
 from .store.accounts import LIMIT_FIELDS, ClaimRefused, DuplicateEmail, NotFound
@@ -79,7 +79,7 @@ __all__ = [
     "plugin_settings",
     # building blocks: backends, routing, limits, accounts and usage
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
-    "by_load", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
+    "by_load", "content_texts", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
     "may_use", "every", "page_hashes", "open_prefix_index",
     "StoreUnavailable",

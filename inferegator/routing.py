@@ -75,6 +75,28 @@ class RandomizedPolicy(RoutingPolicy):
         self.random = random.Random(self.settings["seed"])
 
 
+IMAGE_URL_TAIL = 64  # a data: URL's tail (or an http URL's) tells images apart cheaply
+
+
+def content_texts(content):
+    """Each piece of a message content as text, for keys and prefix hashes: the string
+    itself, or each part's text (an image part: the tail of its URL)."""
+    if isinstance(content, str):
+        yield content
+        return
+    if not isinstance(content, list):
+        return
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        text = part.get("text")
+        if not isinstance(text, str):
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            text = url[-IMAGE_URL_TAIL:] if isinstance(url, str) else ""
+        yield text
+
+
 def by_load(backends: list, rng) -> list:
     """Backends least loaded first (``backend.load``); equal loads in random order."""
     if len(backends) < 2:

@@ -9,27 +9,21 @@ gateway replica, with no shared state, sends it to the same runtime while loads 
 balanced, and a hot prefix spills over to the next runtime instead of swamping one.
 """
 
-from inferegator.plugin import CHAT, GENERATE, RESPONSES, Option, RingPolicy, hookimpl
-
-# A data: URL's tail (or an http URL's) tells images apart without hashing megabytes.
-IMAGE_URL_TAIL = 64
+from inferegator.plugin import (
+    CHAT,
+    GENERATE,
+    RESPONSES,
+    Option,
+    RingPolicy,
+    content_texts,
+    hookimpl,
+)
 
 
 def _text(content, limit: int) -> tuple[str, int]:
     """(the first `limit` characters of a message content, its full length in characters)."""
-    if isinstance(content, str):
-        return content[:limit] if limit > 0 else "", len(content)
-    if not isinstance(content, list):
-        return "", 0
     pieces, used, length = [], 0, 0
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        text = part.get("text")
-        if not isinstance(text, str):
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            text = url[-IMAGE_URL_TAIL:] if isinstance(url, str) else ""
+    for text in content_texts(content):
         length += len(text)
         if used < limit:
             pieces.append(text[:limit - used])

@@ -34,6 +34,7 @@ from inferegator.plugin import (
     RandomizedPolicy,
     StoreUnavailable,
     by_load,
+    content_texts,
     hookimpl,
     open_prefix_index,
     page_hashes,
@@ -45,25 +46,6 @@ DEFAULT_CAPACITY_TOKENS = 1_000_000  # a runtime that does not report its cache 
 DEFAULT_SLOTS = 1  # nor its running cap: every request in flight counts as queued
 WARN_EVERY_S = 10.0
 
-IMAGE_URL_TAIL = 64  # a data: URL's tail tells images apart without hashing megabytes
-
-
-def _content_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    pieces = []
-    for part in content:
-        if not isinstance(part, dict):
-            continue
-        text = part.get("text")
-        if not isinstance(text, str):
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            text = url[-IMAGE_URL_TAIL:] if isinstance(url, str) else ""
-        pieces.append(text)
-    return "".join(pieces)
 
 
 def _messages_text(messages) -> str:
@@ -73,7 +55,7 @@ def _messages_text(messages) -> str:
     for message in messages:
         if not isinstance(message, dict):
             continue
-        pieces.append(f"<|{message.get('role')}|>{_content_text(message.get('content'))}")
+        pieces.append(f"<|{message.get('role')}|>{''.join(content_texts(message.get('content')))}")
         calls = message.get("tool_calls")
         if calls:
             pieces.append(json.dumps(calls, sort_keys=True, default=str))
