@@ -47,7 +47,6 @@ DEFAULT_SLOTS = 1  # nor its running cap: every request in flight counts as queu
 WARN_EVERY_S = 10.0
 
 
-
 def _messages_text(messages) -> str:
     """Each message as role, content and tool calls, in order: a conversation's next turn
     renders to this turn's text followed by the new messages."""
