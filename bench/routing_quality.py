@@ -15,6 +15,7 @@ shared-system-prompt generator, see bench/workloads.py) and for each target in t
   ig-prefix_index     inferegator serve, routing: prefix_index (its index in memory)
   ig-prefix_index-x2  two replicas as above, routing: prefix_index, sharing one index in a
                       private Redis (Debian's redis-server, emptied before each pass)
+  ig-prefix_index-x4  four such replicas, requests in turn A, B, C, D, A, ...
   sglr-cache_aware    sglang-router (Rust), --policy cache_aware, its default thresholds
   sglr-round_robin    sglang-router, --policy round_robin
 
@@ -42,8 +43,8 @@ Per target and workload:
   - throughput = turns / wall time and Δ sglang:generation_tokens_total / wall time;
   - TTFT = time from sending a turn to the first `data:` event (the simulator sends the role
     chunk with the first token), P50/P99 over all turns; end-to-end P50/P99 too;
-  - load spread = each simulator's share of Δ sglang:num_requests_total, and the coefficient
-    of variation (population std / mean) of those 4 counts;
+  - load spread = each simulator's share of Δ sglang:num_requests_total, the coefficient
+    of variation (population std / mean) of those 4 counts, and their max / min;
   - queueing: turns that waited over 100 ms for a running slot in a simulator (its
     sglang:queue_time_seconds histogram), i.e. the cost of piling turns on one runtime.
 The ideal hit rate (one runtime with an unbounded cache, computed from the token counts)
@@ -124,6 +125,7 @@ TARGETS = {
     "ig-cache_aware-x2": ("inferegator", "cache_aware", 2),
     "ig-prefix_index": ("inferegator", "prefix_index", 1),
     "ig-prefix_index-x2": ("inferegator", "prefix_index", 2),
+    "ig-prefix_index-x4": ("inferegator", "prefix_index", 4),
     "sglr-cache_aware": ("sglang-router", "cache_aware", 1),
     "sglr-round_robin": ("sglang-router", "round_robin", 1),
 }
@@ -390,6 +392,7 @@ def summarise(result: dict, turns_expected: int) -> dict:
                                      for d in per_sim),
         "load_share": [r / total_reqs if total_reqs else None for r in reqs],
         "load_cv": cv,
+        "load_max_over_min": max(reqs) / min(reqs) if reqs and min(reqs) else None,
         "machine_busy": result["machine_busy"],
     }
 
@@ -430,12 +433,12 @@ def _f(v, digits=0, pct=False):
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| target | replicas | turns ok / sent | errors | cache hit % | req/s | out tok/s "
              "| TTFT P50 ms | TTFT P99 ms | E2E P50 ms | E2E P99 ms | requests per sim % "
-             "| load CV | queued > 100 ms | machine busy |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "| load CV | max / min | queued > 100 ms | machine busy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         s = r["summary"]
         if s is None:
-            lines.append(f"| {r['target']} | – | skipped: {r['skipped']} |" + " |" * 12)
+            lines.append(f"| {r['target']} | – | skipped: {r['skipped']} |" + " |" * 13)
             continue
         share = " / ".join(_f(x, 0, pct=True) for x in s["load_share"])
         lines.append(
@@ -444,28 +447,40 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {_f(s['requests_per_s'], 1)} | {_f(s['output_tokens_per_s'], 0)} "
             f"| {_f(s['ttft_p50_ms'])} | {_f(s['ttft_p99_ms'])} | {_f(s['e2e_p50_ms'])} "
             f"| {_f(s['e2e_p99_ms'])} | {share} | {_f(s['load_cv'], 2)} "
+            f"| {_f(s['load_max_over_min'], 2)} "
             f"| {_f(s['sim_queued_over_100ms'])} | {_f(s['machine_busy'], 0, pct=True)} % |")
     return "\n".join(lines)
 
 
 def verdict(rows: list[dict]) -> list[str]:
-    """The issue's targets, checked on one workload's rows."""
+    """The issue's targets, checked on one workload's rows: each Inferegator cache-aware
+    policy against sglang-router's, its replicas against one, and its spread."""
     by = {r["target"]: r["summary"] for r in rows if r["summary"]}
+    theirs = by.get("sglr-cache_aware")
     out = []
-    ours, theirs, two = by.get("ig-cache_aware"), by.get("sglr-cache_aware"), \
-        by.get("ig-cache_aware-x2")
-    if ours and theirs:
-        hit_ok = ours["cache_hit_rate"] >= theirs["cache_hit_rate"]
-        p99_ok = ours["ttft_p99_ms"] < theirs["ttft_p99_ms"]
-        out.append(f"cache hit ours {ours['cache_hit_rate']:.1%} vs sglang-router "
-                   f"{theirs['cache_hit_rate']:.1%}: {'met' if hit_ok else 'MISSED'}; "
-                   f"TTFT P99 ours {ours['ttft_p99_ms']:.0f} ms vs "
-                   f"{theirs['ttft_p99_ms']:.0f} ms: {'met' if p99_ok else 'MISSED'}")
-    if ours and two:
-        drop = (ours["cache_hit_rate"] - two["cache_hit_rate"]) * 100
-        out.append(f"two replicas: hit {two['cache_hit_rate']:.1%} vs one "
-                   f"{ours['cache_hit_rate']:.1%}, drop {drop:.1f} points (< 2): "
-                   f"{'met' if drop < 2 else 'MISSED'}")
+    for policy in ("prefix_index", "cache_aware"):
+        ours = by.get(f"ig-{policy}")
+        if not ours:
+            continue
+        if theirs:
+            hit_ok = ours["cache_hit_rate"] >= theirs["cache_hit_rate"]
+            p99_ok = ours["ttft_p99_ms"] <= theirs["ttft_p99_ms"]
+            out.append(f"ig-{policy}: cache hit {ours['cache_hit_rate']:.1%} vs sglang-router "
+                       f"{theirs['cache_hit_rate']:.1%}: {'met' if hit_ok else 'MISSED'}; "
+                       f"TTFT P99 {ours['ttft_p99_ms']:.0f} ms vs "
+                       f"{theirs['ttft_p99_ms']:.0f} ms: {'met' if p99_ok else 'MISSED'}")
+        for replicas in (2, 4):
+            more = by.get(f"ig-{policy}-x{replicas}")
+            if more:
+                drop = (ours["cache_hit_rate"] - more["cache_hit_rate"]) * 100
+                out.append(f"ig-{policy} x{replicas}: hit {more['cache_hit_rate']:.1%} vs one "
+                           f"{ours['cache_hit_rate']:.1%}, drop {drop:.1f} points (<= 1): "
+                           f"{'met' if drop <= 1 else 'MISSED'}")
+        for name in (f"ig-{policy}", f"ig-{policy}-x2", f"ig-{policy}-x4"):
+            spread = (by.get(name) or {}).get("load_max_over_min")
+            if spread is not None:
+                out.append(f"{name}: requests per runtime max / min {spread:.2f} (<= 1.25): "
+                           f"{'met' if spread <= 1.25 else 'MISSED'}")
     return out
 
 

@@ -47,12 +47,12 @@ from .outcome import (
 )
 from .periodic import every
 from .prefix_index.pages import page_hashes
-from .prefix_index.stores import open_prefix_index
+from .prefix_index.stores import Costs, Runtime, open_prefix_index
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
 from .redis_scripts import StoreUnavailable
 from .routing import Option, RandomizedPolicy, RoutingPolicy, by_load, content_texts
-from .routing_ring import RingPolicy
+from .routing_ring import HashRing, RingPolicy, stable_hash
 from .store import api_validation as validate
 from .store.accounts import LIMIT_FIELDS, ClaimRefused, DuplicateEmail, NotFound
 from .store.ledger import month_spend, usage_summary
@@ -81,6 +81,7 @@ __all__ = [
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "content_texts", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
-    "may_use", "every", "page_hashes", "open_prefix_index",
+    "may_use", "every", "page_hashes", "open_prefix_index", "Runtime", "Costs", "HashRing",
+    "stable_hash",
     "StoreUnavailable",
 ]

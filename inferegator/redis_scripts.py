@@ -72,6 +72,13 @@ class PipelinedScripts:
         except (RedisReplyError, OSError) as exc:
             raise StoreUnavailable(str(exc)) from None
 
+    def send_command(self, *args) -> None:
+        """One plain command, not waited for (an error reply is logged by the client)."""
+        try:
+            self.client.send(*args)
+        except OSError as exc:
+            raise StoreUnavailable(str(exc)) from None
+
     def send(self, script: Script, keys: list, args: list) -> None:
         try:
             self.client.send("EVALSHA", script.sha, len(keys), *keys, *args,
@@ -120,6 +127,8 @@ class RedisPyScripts:
             return self.client.execute_command(*args)
         except self._errors as exc:
             raise StoreUnavailable(str(exc)) from None
+
+    send_command = command
 
     def close(self) -> None:
         self.client.close()

@@ -1,43 +1,47 @@
 """The ``prefix_index`` routing policy: send a prompt where its prefix is cached, unless
 that runtime's queue costs more than the prefill it saves.
 
-Every request's prompt is paged (inferegator.prefix_index.pages) and looked up in the
+Every request's prompt is paged (inferegator.prefix_index.pages) and routed through the
 prefix index, shared through Redis by every worker and replica (``index: auto`` uses the
 rate limiter's Redis when it has one; else each worker keeps its own, in memory). Each
-candidate's expected time to first token is
+candidate's expected prefill, in tokens, is
 
-    (prompt tokens it does not hold + queued x mean uncached tokens per request)
-        / prefill_tokens_per_s
+    prompt tokens it does not hold + queued x mean uncached tokens per request
 
 where queued is how far its load would pass its running slots (SGLang's
-max_running_requests, as it reports them), and load is the runtime's own report of its
-running and waiting requests (what every replica reads alike) plus this worker's
-requests sent since. Equal costs go to the less loaded runtime. The cheapest runtime whose
-load is under the fairness cap, ceil((1 + balance_epsilon) x (total load + 1) / n), gets
-the request; a hot prefix that would push its runtime past the cap goes to the next
-cheapest, and is recorded there too, so the prefix then lives on both. The pages sent are
-recorded for the chosen runtime. A runtime that restarts, is drained or flushed (its
-``cache_epoch`` moves) has its entries cleared. If the index cannot be reached, the
-policy routes by load alone until it can.
+max_running_requests, as it reports them). With Redis, a runtime's load is the requests
+every replica has routed there and not yet finished, counted in Redis; in memory, the
+backend's load as this worker sees it. The cheapest runtime whose load is under the
+fairness cap, ceil((1 + balance_epsilon) x (total load + 1) / n), gets the request; equal
+costs go to the less loaded; a hot prefix that would push its runtime past the cap goes
+to the next cheapest, and is recorded there too, so the prefix then lives on both. The
+choice and its record are one step in the index (one Redis script call), so replicas
+never place a prompt on the strength of stale entries. A runtime that restarts, is
+drained or flushed (its ``cache_epoch`` moves) has its entries cleared. If the index
+cannot be reached, the policy routes by a bounded-load ring over the prompt's first page
+(as ``cache_aware`` does, without state) until it can.
 """
 
 import json
 import logging
-import math
+import os
 import time
 
 from inferegator.plugin import (
     CHAT,
     GENERATE,
     RESPONSES,
+    Costs,
+    HashRing,
     Option,
     RandomizedPolicy,
+    Runtime,
     StoreUnavailable,
-    by_load,
     content_texts,
     hookimpl,
     open_prefix_index,
     page_hashes,
+    stable_hash,
 )
 
 log = logging.getLogger("inferegator.routing")
@@ -45,6 +49,7 @@ NAME = "routing_prefix_index"
 DEFAULT_CAPACITY_TOKENS = 1_000_000  # a runtime that does not report its cache size
 DEFAULT_SLOTS = 1  # nor its running cap: every request in flight counts as queued
 WARN_EVERY_S = 10.0
+RETRY_AFTER_S = 1.0  # after the index failed, route by the ring this long before asking again
 
 
 def _messages_text(messages) -> str:
@@ -88,8 +93,8 @@ def prompt_text(endpoint: str, body: dict) -> str:
 
 
 class PrefixIndexPolicy(RandomizedPolicy):
-    """Primaries by expected time to first token under the fairness cap, then those at
-    the cap, then fallbacks in YAML order."""
+    """Primaries by expected prefill under the fairness cap, then those at the cap, then
+    fallbacks in YAML order."""
 
     options = {
         **RandomizedPolicy.options,
@@ -97,9 +102,9 @@ class PrefixIndexPolicy(RandomizedPolicy):
         "page_chars": Option(256, int, 16),
         "max_pages": Option(2048, int, 1),
         "chars_per_token": Option(4.0, float, 0.5),
-        "prefill_tokens_per_s": Option(20000.0, float, 1.0),
         "balance_epsilon": Option(0.5, float, 0.0),
         "cache_capacity_tokens": Option(0, int, 0),
+        "virtual_nodes": Option(160, int, 1),
     }
 
     def __init__(self, model):
@@ -108,85 +113,78 @@ class PrefixIndexPolicy(RandomizedPolicy):
         self.page_chars = settings["page_chars"]
         self.max_pages = settings["max_pages"]
         self.tokens_per_page = settings["page_chars"] / settings["chars_per_token"]
-        self.prefill_rate = settings["prefill_tokens_per_s"]
         self.epsilon = settings["balance_epsilon"]
+        primaries = self.split_roles(model.backends)[0]
+        self.ring = HashRing(primaries, settings["virtual_nodes"])  # while the index is down
+        # A request never released (its replica died) stops counting after its deadline.
+        self.lease_s = max((b.total_timeout_s for b in primaries), default=600.0)
         self.index = None  # set at startup (inferegator_startup below)
         self.mean_uncached = 0.0  # tokens per request, a moving average
         self._epochs: dict = {}  # runtime -> the cache_epoch its entries belong to
         self._last_warning = -WARN_EVERY_S
+        self._down_until = 0.0
 
     @staticmethod
-    def runtime(backend) -> str:
+    def runtime_name(backend) -> str:
         """The index's name for what a backend's cache holds: its model at its URL."""
         return f"{backend.upstream_model}@{backend.url}"
 
-    def capacity_pages(self, backend) -> int:
+    def weighed(self, backend, tie: float) -> Runtime:
+        """The backend as the index weighs it, from what the runtime last reported."""
         reported = backend.reported_load or {}
         tokens = reported.get("capacity_tokens") or self.settings["cache_capacity_tokens"] \
             or DEFAULT_CAPACITY_TOKENS
-        return max(1, int(tokens / self.tokens_per_page))
+        return Runtime(self.runtime_name(backend), max(1, int(tokens / self.tokens_per_page)),
+                       int(reported.get("slots") or DEFAULT_SLOTS), backend.load, tie)
 
     def order(self, request, candidates):
         primaries, fallbacks = self.split_roles(candidates)
         if len(primaries) < 2 or self.index is None:
             return primaries + fallbacks
-        pages = page_hashes(prompt_text(request.endpoint, request.body), self.page_chars,
-                            self.max_pages)
-        runtimes = [self.runtime(b) for b in primaries]
-        capacities = [self.capacity_pages(b) for b in primaries]
+        text = prompt_text(request.endpoint, request.body)
+        pages = page_hashes(text, self.page_chars, self.max_pages)
+        if time.monotonic() < self._down_until:
+            return self._by_ring(text, pages, primaries) + fallbacks
+        tie = self.random.random
+        runtimes = [self.weighed(b, tie()) for b in primaries]
+        token = os.urandom(8).hex()  # the request's entry among the runtime's in flight
+        costs = Costs(self.tokens_per_page, self.mean_uncached, self.epsilon, self.lease_s)
         try:
             self._clear_restarted(primaries, runtimes)
-            held = self.index.lookup(runtimes, capacities, pages) if pages else \
-                [0] * len(primaries)
+            route = self.index.route(runtimes, pages, token, costs)
         except StoreUnavailable as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER_S
             self._warn(exc)
-            return by_load(primaries, self.random) + fallbacks
-        ordered = self.rank(primaries, held, len(pages))
-        chosen = primaries.index(ordered[0])
-        try:
-            if pages:
-                self.index.record(runtimes[chosen], capacities[chosen], held[chosen], pages)
-        except StoreUnavailable as exc:
-            self._warn(exc)
-        return ordered + fallbacks
+            return self._by_ring(text, pages, primaries) + fallbacks
+        chosen = route.order[0]
+        request.plugin_data[NAME] = (self.index, runtimes[chosen].name, token)
+        uncached = (len(pages) - route.held[chosen]) * self.tokens_per_page
+        self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+        return [primaries[i] for i in route.order] + fallbacks
 
-    def rank(self, backends: list, held: list[int], pages: int) -> list:
-        """Backends by expected time to first token, those under the load cap first."""
-        loads = [b.load for b in backends]
-        bound = math.ceil((1.0 + self.epsilon) * (sum(loads) + 1) / len(backends) - 1e-9)
-        queued = self.mean_uncached
-        rate = self.prefill_rate
-        tie = self.random.random
-        keyed = []
-        for backend, load, have in zip(backends, loads, held):
-            uncached = (pages - have) * self.tokens_per_page
-            # A request finds a running slot free until the runtime's slots are taken;
-            # past that it waits behind the queue (each about one mean prefill).
-            slots = (backend.reported_load or {}).get("slots") or DEFAULT_SLOTS
-            cost = (uncached + max(0.0, load + 1 - slots) * queued) / rate
-            keyed.append((load >= bound, cost, load, tie(), backend, uncached))
-        keyed.sort(key=lambda entry: entry[:4])
-        first_uncached = keyed[0][5]
-        self.mean_uncached += 0.05 * (first_uncached - self.mean_uncached)
-        return [entry[4] for entry in keyed]
+    def _by_ring(self, text: str, pages: list[int], primaries: list) -> list:
+        """The bounded-load ring keyed by the prompt's first page: a conversation's turns
+        agree on it in every replica, with no state."""
+        key = pages[0] if pages else stable_hash(text)
+        return self.ring.order(key, primaries, self.epsilon)
 
-    def _clear_restarted(self, backends: list, runtimes: list[str]) -> None:
+    def _clear_restarted(self, backends: list, runtimes: list[Runtime]) -> None:
         """Forget the pages of a runtime whose cache is gone (restart, flush, drain)."""
         epochs = self._epochs
         for backend, runtime in zip(backends, runtimes):
             epoch = backend.cache_epoch
-            known = epochs.get(runtime)
+            known = epochs.get(runtime.name)
             if known != epoch:
                 if known is not None:
-                    self.index.clear(runtime)
-                epochs[runtime] = epoch
+                    self.index.clear(runtime.name)
+                epochs[runtime.name] = epoch
 
     def _warn(self, exc) -> None:
         now = time.monotonic()
         if now - self._last_warning >= WARN_EVERY_S:
             self._last_warning = now
-            log.warning("model %s: prefix index unavailable (%s); routing by load",
-                        self.model.id, exc)
+            log.warning("model %s: prefix index unavailable (%s); routing by the ring of "
+                        "first pages until it is back", self.model.id, exc)
 
 
 def _index_url(setting: str, config) -> str:
@@ -208,6 +206,18 @@ def inferegator_startup(gateway):
                 indexes[url] = open_prefix_index(url)
             policy.index = indexes[url]
     gateway.plugin_state[NAME] = indexes
+
+
+@hookimpl
+def inferegator_request_finished(gateway, outcome):
+    """The request's answer is over: it no longer counts as load where it was routed."""
+    routed = outcome.request.plugin_data.get(NAME)
+    if routed is not None:
+        index, runtime, token = routed
+        try:
+            index.release(runtime, token)
+        except StoreUnavailable:
+            pass  # its lease ends it
 
 
 @hookimpl

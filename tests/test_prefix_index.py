@@ -1,13 +1,17 @@
 """The prefix index: page hashes, the memory and Redis stores alike, and the
 ``prefix_index`` policy on real gateways and simulators."""
 
+import threading
+
 import pytest
 import requests
 from inferegator_plugins.routing_prefix_index import prompt_text
 
 from inferegator.prefix_index.pages import page_hashes
-from inferegator.prefix_index.stores import MemoryPrefixIndex, RedisPrefixIndex
+from inferegator.prefix_index.stores import Costs, MemoryPrefixIndex, RedisPrefixIndex, Runtime
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision
+from tests.support.processes import wait_until
+from tests.support.redis_server import RedisServer
 
 SYSTEM = "You are a careful assistant who answers in full sentences. " * 30
 
@@ -36,31 +40,104 @@ def index(request):
     store.close()
 
 
-def test_lookup_finds_each_runtimes_longest_held_prefix(index):
-    a, b = list(range(100, 110)), list(range(100, 104)) + list(range(500, 506))
-    assert index.lookup(["r1", "r2"], [1000, 1000], a) == [0, 0]
-    index.record("r1", 1000, 0, a)
-    assert index.lookup(["r1", "r2"], [1000, 1000], a) == [10, 0]
-    assert index.lookup(["r1", "r2"], [1000, 1000], b) == [4, 0]
-    index.record("r2", 1000, 0, b)
-    assert index.lookup(["r1", "r2"], [1000, 1000], b) == [4, 10]
+# Costs in pages: a queued request costs 100 pages of prefill; no fairness cap to speak of.
+COSTS = Costs(tokens_per_page=1.0, queue_tokens=100.0, epsilon=100.0, lease_s=60.0)
+
+
+class Fleet:
+    """Runtimes routed through one index, their loads counted here as the Redis store
+    counts them itself (requests routed there and not released), so both stores weigh
+    the same loads."""
+
+    def __init__(self, index, names, capacity=1000, slots=1):
+        self.index, self.names = index, names
+        self.capacity, self.slots = capacity, slots
+        self.loads = [0] * len(names)
+        self.routed = []  # (runtime index, token) not released yet
+
+    def route(self, pages, prefer=0, costs=COSTS):
+        """Route pages; equal choices go to runtime ``prefer``. (chosen, held per runtime)."""
+        runtimes = [Runtime(name, self.capacity, self.slots, load, 0.0 if i == prefer else 0.5)
+                    for i, (name, load) in enumerate(zip(self.names, self.loads))]
+        token = f"t{len(self.routed)}-{sum(self.loads)}"
+        route = self.index.route(runtimes, pages, token, costs)
+        chosen = route.order[0]
+        assert route.loads == self.loads  # the Redis store counted what we did
+        self.loads[chosen] += 1
+        self.routed.append((chosen, token))
+        return chosen, route.held
+
+    def release_all(self):
+        for chosen, token in self.routed:
+            self.index.release(self.names[chosen], token)
+            self.loads[chosen] -= 1
+        self.routed = []
+
+
+def test_route_finds_each_runtimes_longest_prefix_and_weighs_its_queue(index):
+    fleet = Fleet(index, ["r1", "r2"])
+    a = list(range(100, 110))
+    b = list(range(100, 104)) + list(range(500, 506))
+    assert fleet.route(a, prefer=0) == (0, [0, 0])  # nothing held: the preferred one
+    fleet.release_all()
+    assert fleet.route(a, prefer=1) == (0, [10, 0])  # held beats the tie break
+    # r1 is still running `a` in its one slot: 6 pages it lacks + 100 queued > 10 on r2
+    assert fleet.route(b, prefer=0) == (1, [4, 0])
+    fleet.release_all()
+    assert fleet.route(a, prefer=1) == (0, [10, 4])
+    assert fleet.route(b, prefer=0) == (1, [4, 10])
+    fleet.release_all()
     index.clear("r1")
-    assert index.lookup(["r1", "r2"], [1000, 1000], a) == [0, 4]
+    assert fleet.route(a, prefer=1) == (1, [0, 4])
 
 
 def test_pages_age_out_as_a_runtime_of_that_capacity_would_evict_them(index):
-    capacity = 12
+    fleet = Fleet(index, ["r"], capacity=12)
     old, new = list(range(0, 8)), list(range(1000, 1008))
-    index.record("r", capacity, 0, old)
-    index.record("r", capacity, 0, new)  # 16 pages sent: the last 4 of `old` are gone
-    assert index.lookup(["r"], [capacity], new) == [8]
-    assert index.lookup(["r"], [capacity], old) == [4]
-    index.record("r", capacity, 0, list(range(2000, 2002)))
-    assert index.lookup(["r"], [capacity], new) == [8]  # still within the last 12
-    held = index.lookup(["r"], [capacity], new)[0]
-    index.record("r", capacity, held, new)  # sent again: touched, nothing new counted
-    index.record("r", capacity, 0, list(range(3000, 3004)))
-    assert index.lookup(["r"], [capacity], new) == [8]
+    assert fleet.route(old)[1] == [0]
+    assert fleet.route(new)[1] == [0]  # 16 pages sent: the last 4 of `old` are gone
+    assert fleet.route(new)[1] == [8]  # sent again: touched, nothing new counted
+    assert fleet.route(old)[1] == [4]  # its 4 lost pages are sent again
+    assert fleet.route(new)[1] == [8]  # still within the last 12
+    assert fleet.route(list(range(2000, 2012)))[1] == [0]  # 12 new pages: all else aged
+    assert fleet.route(new)[1] == [0]
+
+
+def test_the_fairness_cap_passes_over_the_holder(index):
+    fleet = Fleet(index, ["r1", "r2", "r3"], slots=8)
+    hot = list(range(50))
+    capped = COSTS._replace(epsilon=0.5)
+    chosen = [fleet.route(hot, prefer=0, costs=capped)[0] for _ in range(12)]
+    # Loads 12 in all: none past ceil(1.5 x 12 / 3) = 6, the holder first until its cap
+    assert max(fleet.loads) <= 6 and sorted(fleet.loads) != [0, 0, 12], fleet.loads
+    assert chosen[0] == 0 and chosen.count(0) == max(fleet.loads)
+
+
+def test_replicas_sharing_redis_count_each_others_requests(redis_server):
+    one, two = (RedisPrefixIndex(redis_server.url, prefix="test:shared:") for _ in range(2))
+    try:
+        runtimes = [Runtime("r1", 100, 1, 0, 0.0), Runtime("r2", 100, 1, 0, 0.5)]
+        first = one.route(runtimes, [1, 2, 3], "req-1", COSTS)
+        assert first.order == [0, 1] and first.loads == [0, 0]
+        second = two.route(runtimes, [7, 8, 9], "req-2", COSTS)
+        assert second.order == [1, 0] and second.loads == [1, 0]  # one's request counted
+        one.release("r1", "req-1")
+        assert two.route(runtimes, [1, 2], "req-3", COSTS).loads == [0, 1]
+        # A request never released (its replica died) stops counting when its lease ends.
+        one.route(runtimes, [], "lost", COSTS._replace(lease_s=0.2))
+        two.release("r2", "req-2")
+        two.release("r1", "req-3")
+
+        def counted():
+            route = two.route(runtimes, [], "probe", COSTS)
+            two.release(runtimes[route.order[0]].name, "probe")
+            return route.loads
+
+        assert sum(counted()) == 1
+        wait_until(lambda: counted() == [0, 0], timeout=10, interval=0.05)
+    finally:
+        one.close()
+        two.close()
 
 
 def _chat(gateway, messages, key=None):
@@ -87,7 +164,7 @@ def test_two_replicas_sharing_redis_keep_a_conversation_on_one_runtime(
         messages = [{"role": "system", "content": f"Conversation {conversation}. " + SYSTEM}]
         before = _served(sims)
         cached = []
-        for turn in range(4):
+        for turn in range(6):
             messages.append({"role": "user", "content": f"Question {turn}: " + "why? " * 40})
             gateway = (one, two)[turn % 2]  # the turns alternate between the replicas
             answer = _chat(gateway, messages)
@@ -96,7 +173,7 @@ def test_two_replicas_sharing_redis_keep_a_conversation_on_one_runtime(
             messages.append({"role": "assistant",
                              "content": answer["choices"][0]["message"]["content"]})
         grew = [after - start for after, start in zip(_served(sims), before)]
-        assert sorted(grew) == [0, 0, 4], grew  # every turn on one runtime
+        assert sorted(grew) == [0, 0, 6], grew  # every turn on one runtime
         assert cached[0] == 0 and all(c > 0 for c in cached[1:]), cached
 
 
@@ -107,7 +184,8 @@ def _grown(sims, before) -> int:
     return grew.index(max(grew))
 
 
-def test_a_flushed_or_drained_runtime_is_forgotten(start_sim, start_gateway, redis_server):
+def test_a_flushed_drained_or_restarted_runtime_is_forgotten(start_sim, start_gateway,
+                                                             redis_server):
     sims = [start_sim("--instant") for _ in range(2)]
     gateway = start_gateway(gateway_yaml(sims, model_extra=["routing: prefix_index"],
                                          ratelimit={"store": redis_server.url}))
@@ -123,11 +201,25 @@ def test_a_flushed_or_drained_runtime_is_forgotten(start_sim, start_gateway, red
         return redis_server.client.zscore(f"inferegator:px:sim-model@{sim.url}:p",
                                           first_page) is not None
 
-    for action in ("flush_cache", "drain"):
+    def healthy(url) -> bool:
+        return {b["url"]: b for b in requests.get(
+            gateway.url + "/v1/admin/backends", headers=admin, timeout=5).json()["data"]
+        }[url]["healthy"]
+
+    for action in ("flush_cache", "drain", "restart"):
         before = _served(sims)
         _chat(gateway, one)
         sim = sims[_grown(sims, before)]
         assert holds(sim)
+        if action == "restart":  # a new process on the same port: its cache is empty
+            sim.stop()
+            url = sim.url
+            wait_until(lambda: not healthy(url), timeout=15, interval=0.05)  # noqa: B023
+            sims[sims.index(sim)] = start_sim("--instant", port=sim.port)
+            wait_until(lambda: healthy(url), timeout=15, interval=0.05)  # noqa: B023
+            _chat(gateway, other)
+            assert not holds(sim), action
+            continue
         resp = requests.post(f"{gateway.url}/v1/admin/backends/{action}", headers=admin,
                              json={"backend": names[sim.url]}, timeout=5)
         assert resp.status_code == 200, resp.text
@@ -138,3 +230,67 @@ def test_a_flushed_or_drained_runtime_is_forgotten(start_sim, start_gateway, red
                           json={"backend": names[sim.url]}, timeout=5).raise_for_status()
         _chat(gateway, other)  # the next request routed clears what the index held there
         assert not holds(sim), action
+
+
+def test_redis_down_routes_by_the_ring_with_one_warning(start_sim, start_gateway):
+    redis = RedisServer()
+    try:
+        sims = [start_sim("--instant") for _ in range(3)]
+        gateway = start_gateway(gateway_yaml(sims, model_extra=[
+            "routing: prefix_index", f"routing_options: {{index: '{redis.url}'}}"]))
+        _chat(gateway, [{"role": "user", "content": "Before. " + SYSTEM}])
+    finally:
+        redis.stop()
+    for conversation in range(4):
+        messages = [{"role": "system", "content": f"Conversation {conversation}. " + SYSTEM}]
+        before = _served(sims)
+        for turn in range(3):
+            messages.append({"role": "user", "content": f"Question {turn}?"})
+            answer = _chat(gateway, messages)  # 200: no request fails for the index
+            messages.append({"role": "assistant",
+                             "content": answer["choices"][0]["message"]["content"]})
+        _grown(sims, before)  # the ring keeps a conversation's turns together too
+    warnings = [line for line in gateway.output().splitlines()
+                if "prefix index unavailable" in line]
+    assert len(warnings) == 1, warnings
+    assert "routing by the ring" in warnings[0]
+
+
+def test_the_fairness_cap_holds_under_a_hot_prefix_across_replicas(
+        start_sim, start_gateway, redis_server, tmp_path):
+    # Realistic timing: 200 tokens at ~12 ms each keep every request running for seconds.
+    sims = [start_sim() for _ in range(3)]
+    storage = f"sqlite:///{tmp_path}/shared.db"
+    text = gateway_yaml(sims, model_extra=["routing: prefix_index"],
+                        ratelimit={"store": redis_server.url})
+    replicas = [start_gateway(text, storage=storage) for _ in range(2)]
+    barrier = threading.Barrier(12)
+    statuses = []
+
+    def ask(i):
+        barrier.wait()
+        resp = requests.post(
+            replicas[i % 2].url + "/v1/chat/completions", timeout=60,
+            headers={"Authorization": f"Bearer {replicas[i % 2].key}"},
+            json={"model": MODEL, "max_tokens": 200, "ignore_eos": True, "messages": [
+                {"role": "system", "content": "The hot prompt. " + SYSTEM},
+                {"role": "user", "content": f"Question {i}?"}]})
+        statuses.append(resp.status_code)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+
+    def all_in_flight():
+        """Each runtime's requests once all 12 are there, as the runtimes report them."""
+        loads = [load["num_running_reqs"] + load["num_waiting_reqs"]
+                 for load in (sim.load() for sim in sims)]
+        return loads if sum(loads) == 12 else None
+
+    running = wait_until(all_in_flight, timeout=30, interval=0.02)
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 12
+    # 12 in flight over 3 runtimes, epsilon 0.5: none past ceil(1.5 x 12 / 3) = 6, so the
+    # hot prefix lives on at least two runtimes.
+    assert max(running) <= 6 and sorted(running)[-2] > 0, running

@@ -6,18 +6,64 @@ count apart, its last page oldest. A page is taken to be held while fewer than t
 runtime's capacity in pages came after it: a radix cache evicts the least recently used
 leaves first. Both answer:
 
-- ``lookup(runtimes, capacities, pages)``: per runtime, how many leading pages it holds;
-- ``record(runtime, capacity, held, pages)``: the pages were just sent there (``held`` of
-  them it held already);
+- ``route(runtimes, pages, request_id, costs)``: choose where the prompt goes (``rank``)
+  and record that its pages were sent there, in one step; a ``Route``;
+- ``release(runtime, request_id)``: that request is over (its answer ended);
 - ``clear(runtime)``: forget the runtime's pages (it restarted, flushed or was drained).
+
+The loads the choice weighs differ: the memory store takes the caller's (the backend's
+load as this worker sees it); the Redis store counts the requests routed there and not
+yet released, by every worker and replica (each held at most ``costs.lease_s``), so
+replicas that share it see the same loads and make the same choice.
 """
 
+import math
 import pathlib
+from typing import NamedTuple
 
 from ..redis_scripts import Script, open_scripts
 
-LOOKUP = Script.load(pathlib.Path(__file__).parent, "lookup.lua")
-RECORD = Script.load(pathlib.Path(__file__).parent, "record.lua")
+ROUTE = Script.load(pathlib.Path(__file__).parent, "route.lua")
+
+
+class Runtime(NamedTuple):
+    """One candidate runtime as the index weighs it."""
+
+    name: str  # what its cache holds: model @ URL
+    capacity: int  # pages its cache can hold
+    slots: int  # requests it runs at once; more wait in its queue
+    load: float  # requests on it (the memory store's; the Redis store counts its own)
+    tie: float  # a random number: equal choices go to the smaller
+
+
+class Costs(NamedTuple):
+    """The cost model's constants for one request."""
+
+    tokens_per_page: float
+    queue_tokens: float  # what one request queued ahead costs, in tokens of prefill
+    epsilon: float  # fairness cap: no runtime past (1 + epsilon) x the mean load
+    lease_s: float  # how long a request counts as in flight if never released
+
+
+class Route(NamedTuple):
+    order: list[int]  # indexes into the runtimes given, best first
+    held: list[int]  # per runtime, the leading pages it holds
+    loads: list[float]  # per runtime, the load weighed
+
+
+def rank(held: list[int], loads: list[float], runtimes: list[Runtime], pages: int,
+         costs: Costs) -> list[int]:
+    """Runtimes best first: those under the fairness cap, then by expected prefill (the
+    tokens not held, plus a queued request's cost for each request past its running
+    slots), then load, then the tie number. route.lua makes the same choice in Redis."""
+    bound = math.ceil((1.0 + costs.epsilon) * (sum(loads) + 1) / len(loads) - 1e-9)
+    keyed = []
+    for i, (have, load, runtime) in enumerate(zip(held, loads, runtimes)):
+        queued = max(0.0, load + 1 - runtime.slots)
+        cost = (pages - have) * costs.tokens_per_page + queued * costs.queue_tokens
+        keyed.append((load >= bound, cost, load, runtime.tie, i))
+    keyed.sort()
+    return [entry[-1] for entry in keyed]
 
 
 class _Pages:
@@ -34,36 +80,44 @@ class MemoryPrefixIndex:
     def __init__(self):
         self._runtimes: dict[str, _Pages] = {}
 
-    def lookup(self, runtimes: list[str], capacities: list[int],
-               pages: list[int]) -> list[int]:
-        found = []
-        for runtime, capacity in zip(runtimes, capacities):
-            state = self._runtimes.get(runtime)
-            if state is None:
-                found.append(0)
-                continue
-            sent, oldest = state.sent, state.counter - capacity
-            lo, hi = 0, len(pages)
-            while lo < hi:  # held pages are a prefix (lookup.lua says why)
-                mid = (lo + hi + 1) // 2
-                if sent.get(pages[mid - 1], oldest) > oldest:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            found.append(lo)
-        return found
-
-    def record(self, runtime: str, capacity: int, held: int, pages: list[int]) -> None:
-        state = self._runtimes.get(runtime)
+    def held(self, runtime: Runtime, pages: list[int]) -> int:
+        """How many leading pages the runtime holds."""
+        state = self._runtimes.get(runtime.name)
         if state is None:
-            state = self._runtimes[runtime] = _Pages()
+            return 0
+        sent, oldest = state.sent, state.counter - runtime.capacity
+        lo, hi = 0, len(pages)
+        while lo < hi:  # held pages are a prefix (route.lua says why)
+            mid = (lo + hi + 1) // 2
+            if sent.get(pages[mid - 1], oldest) > oldest:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
+              costs: Costs) -> Route:
+        held = [self.held(runtime, pages) for runtime in runtimes]
+        loads = [runtime.load for runtime in runtimes]
+        order = rank(held, loads, runtimes, len(pages), costs)
+        chosen = runtimes[order[0]]
+        self._record(chosen.name, chosen.capacity, held[order[0]], pages)
+        return Route(order, held, loads)
+
+    def _record(self, name: str, capacity: int, held: int, pages: list[int]) -> None:
+        state = self._runtimes.get(name)
+        if state is None:
+            state = self._runtimes[name] = _Pages()
         state.counter += len(pages) - held
         now, sent = state.counter, state.sent
-        for i, page in enumerate(pages):  # as record.lua: a path's leaves age first
+        for i, page in enumerate(pages):  # as route.lua: a path's leaves age first
             sent[page] = now - max(0, i - held)
         if len(sent) > 2 * capacity:
             oldest = now - capacity
             state.sent = {page: at for page, at in sent.items() if at > oldest}
+
+    def release(self, runtime: str, request_id: str) -> None:
+        pass  # the caller's loads count its requests already
 
     def clear(self, runtime: str) -> None:
         self._runtimes.pop(runtime, None)
@@ -73,35 +127,42 @@ class MemoryPrefixIndex:
 
 
 class RedisPrefixIndex:
-    """The index every worker and replica shares: one script call to look up (waited
-    for), one to record (not waited for), keys that expire when no longer written."""
+    """The index every worker and replica shares: one script call per request, waited
+    for, chooses and records; a release is sent without waiting; keys expire when no
+    longer written."""
 
     def __init__(self, url: str, prefix: str = "inferegator:px:", ttl_s: int = 86400,
                  timeout_s: float = 0.5):
-        self._redis = open_scripts(url, (LOOKUP, RECORD), timeout_s)
+        self._redis = open_scripts(url, (ROUTE,), timeout_s)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self._record_loaded = False
 
     def _keys(self, runtime: str) -> list[str]:
-        return [f"{self.prefix}{runtime}:p", f"{self.prefix}{runtime}:n"]
+        """Its page set, page counter and in-flight set."""
+        return [f"{self.prefix}{runtime}:p", f"{self.prefix}{runtime}:n",
+                f"{self.prefix}{runtime}:f"]
 
-    def lookup(self, runtimes: list[str], capacities: list[int],
-               pages: list[int]) -> list[int]:
-        keys = [key for runtime in runtimes for key in self._keys(runtime)]
-        reply = self._redis.run(LOOKUP, keys, [len(pages), *capacities, *pages])
-        return [int(value) for value in reply]
+    def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
+              costs: Costs) -> Route:
+        keys, per_runtime = [], []
+        for runtime in runtimes:
+            keys += self._keys(runtime.name)
+            per_runtime += (runtime.capacity, runtime.slots, repr(float(runtime.tie)))
+        reply = self._redis.run(ROUTE, keys, [
+            len(pages), request_id, repr(float(costs.lease_s)), self.ttl_s,
+            repr(float(costs.tokens_per_page)), repr(float(costs.queue_tokens)),
+            repr(float(costs.epsilon)), *per_runtime, *pages])
+        count = len(runtimes)
+        return Route([int(i) - 1 for i in reply[:count]],
+                     [int(v) for v in reply[count:2 * count]],
+                     [float(v) for v in reply[2 * count:]])
 
-    def record(self, runtime: str, capacity: int, held: int, pages: list[int]) -> None:
-        args = [held, capacity, self.ttl_s, *pages]
-        if self._record_loaded:
-            self._redis.send(RECORD, self._keys(runtime), args)
-        else:  # the first one waits: it loads the script, so later ones arrive in order
-            self._redis.run(RECORD, self._keys(runtime), args)
-            self._record_loaded = True
+    def release(self, runtime: str, request_id: str) -> None:
+        self._redis.send_command("ZREM", self._keys(runtime)[2], request_id)
 
     def clear(self, runtime: str) -> None:
-        self._redis.command("DEL", *self._keys(runtime))
+        """Its pages (what it is running stays counted until released)."""
+        self._redis.command("DEL", *self._keys(runtime)[:2])
 
     def close(self) -> None:
         self._redis.close()

@@ -1,0 +1,78 @@
+-- Choose a runtime for one prompt and record the choice, in one step, so that every
+-- worker and replica sharing this Redis sees each choice before making the next one.
+-- KEYS: per runtime, its page set (sorted set: page hash -> counter when last sent), its
+--       page counter (pages sent there that it did not hold) and its in-flight set
+--       (sorted set: request id -> lease end, Redis time), in that order.
+-- ARGV: 1 the page count n, 2 the request id, 3 its lease (s), 4 the keys' lifetime (s),
+--       5 tokens per page, 6 a queued request's wait in tokens, 7 balance epsilon,
+--       then per runtime its capacity in pages, running slots and tie-break number,
+--       then the n page hashes.
+-- Returns the runtimes best first (1-based), then per runtime the pages it held and its
+-- requests in flight. stores.rank is this choice in Python (the memory store's).
+local n, id, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local per_page, queue_cost, epsilon = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local count = #KEYS / 3
+local first_page = 7 + 3 * count
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local held, loads, total = {}, {}, 0
+for r = 1, count do
+  local pages, counter, flight = KEYS[3 * r - 2], KEYS[3 * r - 1], KEYS[3 * r]
+  -- A page is held while fewer than capacity new pages were sent after it (LRU). Pages
+  -- are sent as whole prefixes, so the held ones are a prefix: a binary search finds it.
+  local oldest = tonumber(redis.call('GET', counter) or '0') - tonumber(ARGV[5 + 3 * r])
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    local sent = redis.call('ZSCORE', pages, ARGV[first_page + mid])
+    if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
+  end
+  held[r] = lo
+  loads[r] = redis.call('ZCOUNT', flight, now, '+inf')
+  total = total + loads[r]
+end
+-- Expected prefill in tokens: the pages not held, plus a mean prefill per request that
+-- would queue past the runtime's running slots; runtimes at the fairness cap go last.
+local bound = math.ceil((1 + epsilon) * (total + 1) / count - 1e-9)
+local keyed, order = {}, {}
+for r = 1, count do
+  local slots = tonumber(ARGV[6 + 3 * r])
+  local queued = math.max(0, loads[r] + 1 - slots)
+  keyed[r] = {loads[r] >= bound and 1 or 0, (n - held[r]) * per_page + queued * queue_cost,
+              loads[r], tonumber(ARGV[7 + 3 * r]), r}
+  order[r] = r
+end
+table.sort(order, function(a, b)
+  local x, y = keyed[a], keyed[b]
+  for i = 1, 4 do
+    if x[i] ~= y[i] then return x[i] < y[i] end
+  end
+  return a < b
+end)
+-- Record the chosen runtime's pages: the held ones and the first new one count as sent
+-- now, each later page one step earlier (a radix cache evicts a path's leaves first).
+local chosen = order[1]
+local pages, counter, flight = KEYS[3 * chosen - 2], KEYS[3 * chosen - 1], KEYS[3 * chosen]
+local have, capacity = held[chosen], tonumber(ARGV[5 + 3 * chosen])
+local sent = redis.call('INCRBY', counter, n - have)
+local batch = {}
+for i = 1, n do
+  batch[#batch + 1] = sent - math.max(0, i - 1 - have)
+  batch[#batch + 1] = ARGV[first_page + i]
+  if #batch >= 1000 then
+    redis.call('ZADD', pages, unpack(batch))
+    batch = {}
+  end
+end
+if #batch > 0 then redis.call('ZADD', pages, unpack(batch)) end
+if redis.call('ZCARD', pages) > 2 * capacity then
+  redis.call('ZREMRANGEBYSCORE', pages, '-inf', sent - capacity)
+end
+redis.call('ZADD', flight, now + lease, id)
+redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
+for _, key in ipairs({pages, counter, flight}) do redis.call('EXPIRE', key, ttl) end
+local reply = {}
+for r = 1, count do reply[r] = order[r] end
+for r = 1, count do reply[count + r] = held[r] end
+for r = 1, count do reply[2 * count + r] = loads[r] end
+return reply
