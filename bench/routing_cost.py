@@ -14,7 +14,8 @@ For each request, timed with perf_counter_ns:
   order memory     prefix_index with its index in this process
   order redis      prefix_index with its index in a private Redis (Debian's redis-server
                    on a free port, on this machine): one script call, waited for
-  release redis    the end of the request (a ZREM sent, not waited for)
+  release redis    the end of the request: the policy plugin's request_finished hook
+                   (a ZREM sent, not waited for)
   redis PING       one plain round trip on the same kind of connection, for scale
   order ring       cache_aware (bounded-load ring over the prompt's start)
 
@@ -35,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import falcon.testing
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -97,18 +100,20 @@ def turn_bodies(conversations, limit: int) -> list[dict]:
 
 
 def request_for(body: dict, i: int) -> GatewayRequest:
-    return GatewayRequest(endpoint="chat", http=None, request_id=f"req-{i}", body=body,
+    http = falcon.testing.create_req(method="POST", path="/v1/chat/completions")
+    return GatewayRequest(endpoint="chat", http=http, request_id=f"req-{i}", body=body,
                           model_id=MODEL)
 
 
 def time_order(gateway, model, bodies) -> tuple[list[float], list[float]]:
     """µs per order() call, and per request_finished (the release), over the bodies."""
+    from inferegator_plugins.routing_prefix_index import inferegator_request_finished as finished
+
     candidates = model.candidates()
     order_us, release_us = [], []
     clock = time.perf_counter_ns
-    finished = gateway.hook.inferegator_request_finished
-    for i, body in enumerate(bodies):
-        request = request_for(body, i)
+    requests = [request_for(body, i) for i, body in enumerate(bodies)]
+    for request in requests:
         t0 = clock()
         model.policy.order(request, candidates)
         t1 = clock()
@@ -153,7 +158,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=("sharegpt", "synthetic"), default=None,
                     help="default: sharegpt if its package is installed, else synthetic")
-    ap.add_argument("--conversations", type=int, default=240)
+    ap.add_argument("--conversations", type=int, default=400)
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None)

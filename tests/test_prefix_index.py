@@ -1,6 +1,7 @@
 """The prefix index: page hashes, the memory and Redis stores alike, and the
 ``prefix_index`` policy on real gateways and simulators."""
 
+import struct
 import threading
 
 import pytest
@@ -198,8 +199,8 @@ def test_a_flushed_drained_or_restarted_runtime_is_forgotten(start_sim, start_ga
     first_page = page_hashes(prompt_text("chat", {"messages": one}), 256, 2048)[0]
 
     def holds(sim) -> bool:
-        return redis_server.client.zscore(f"inferegator:px:sim-model@{sim.url}:p",
-                                          first_page) is not None
+        return redis_server.client.hget(f"inferegator:px:sim-model@{sim.url}:p",
+                                        struct.pack(">Q", first_page)) is not None
 
     def healthy(url) -> bool:
         return {b["url"]: b for b in requests.get(

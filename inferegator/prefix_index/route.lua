@@ -1,18 +1,20 @@
 -- Choose a runtime for one prompt and record the choice, in one step, so that every
 -- worker and replica sharing this Redis sees each choice before making the next one.
--- KEYS: per runtime, its page set (sorted set: page hash -> counter when last sent), its
+-- KEYS: per runtime, its pages (hash: page hash -> counter when last sent), its
 --       page counter (pages sent there that it did not hold) and its in-flight set
 --       (sorted set: request id -> lease end, Redis time), in that order.
 -- ARGV: 1 the page count n, 2 the request id, 3 its lease (s), 4 the keys' lifetime (s),
 --       5 tokens per page, 6 a queued request's wait in tokens, 7 balance epsilon,
 --       then per runtime its capacity in pages, running slots and tie-break number,
---       then the n page hashes.
+--       then the n page hashes as one string of 8 bytes each.
 -- Returns the runtimes best first (1-based), then per runtime the pages it held and its
 -- requests in flight. stores.rank is this choice in Python (the memory store's).
 local n, id, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local per_page, queue_cost, epsilon = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local count = #KEYS / 3
-local first_page = 7 + 3 * count
+local hashes = ARGV[8 + 3 * count]
+local page = {}
+for i = 1, n do page[i] = string.sub(hashes, 8 * i - 7, 8 * i) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local held, loads, total = {}, {}, 0
@@ -24,7 +26,7 @@ for r = 1, count do
   local lo, hi = 0, n
   while lo < hi do
     local mid = math.floor((lo + hi + 1) / 2)
-    local sent = redis.call('ZSCORE', pages, ARGV[first_page + mid])
+    local sent = redis.call('HGET', pages, page[mid])
     if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
   end
   held[r] = lo
@@ -57,20 +59,34 @@ local have, capacity = held[chosen], tonumber(ARGV[5 + 3 * chosen])
 local sent = redis.call('INCRBY', counter, n - have)
 local batch = {}
 for i = 1, n do
+  batch[#batch + 1] = page[i]
   batch[#batch + 1] = sent - math.max(0, i - 1 - have)
-  batch[#batch + 1] = ARGV[first_page + i]
   if #batch >= 1000 then
-    redis.call('ZADD', pages, unpack(batch))
+    redis.call('HSET', pages, unpack(batch))
     batch = {}
   end
 end
-if #batch > 0 then redis.call('ZADD', pages, unpack(batch)) end
-if redis.call('ZCARD', pages) > 2 * capacity then
-  redis.call('ZREMRANGEBYSCORE', pages, '-inf', sent - capacity)
+if #batch > 0 then redis.call('HSET', pages, unpack(batch)) end
+-- Each time the counter passes a multiple of the capacity, drop the pages aged out (a
+-- scan of the hash, so once per capacity's worth of new pages).
+if math.floor(sent / capacity) > math.floor((sent - n + have) / capacity) then
+  local all, gone, oldest = redis.call('HGETALL', pages), {}, sent - capacity
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
+    if #gone >= 1000 then
+      redis.call('HDEL', pages, unpack(gone))
+      gone = {}
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', pages, unpack(gone)) end
 end
 redis.call('ZADD', flight, now + lease, id)
 redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
-for _, key in ipairs({pages, counter, flight}) do redis.call('EXPIRE', key, ttl) end
+-- Keys unused for the lifetime go; refreshed on every 16th call (by the clock's
+-- microseconds), and when a key was just made, which saves two thirds of the calls.
+if sent == n - have or tonumber(clock[2]) % 16 == 0 then
+  for _, key in ipairs({pages, counter, flight}) do redis.call('EXPIRE', key, ttl) end
+end
 local reply = {}
 for r = 1, count do reply[r] = order[r] end
 for r = 1, count do reply[count + r] = held[r] end

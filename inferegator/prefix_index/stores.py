@@ -19,6 +19,7 @@ replicas that share it see the same loads and make the same choice.
 
 import math
 import pathlib
+import struct
 from typing import NamedTuple
 
 from ..redis_scripts import Script, open_scripts
@@ -151,7 +152,7 @@ class RedisPrefixIndex:
         reply = self._redis.run(ROUTE, keys, [
             len(pages), request_id, repr(float(costs.lease_s)), self.ttl_s,
             repr(float(costs.tokens_per_page)), repr(float(costs.queue_tokens)),
-            repr(float(costs.epsilon)), *per_runtime, *pages])
+            repr(float(costs.epsilon)), *per_runtime, _packed(pages)])
         count = len(runtimes)
         return Route([int(i) - 1 for i in reply[:count]],
                      [int(v) for v in reply[count:2 * count]],
@@ -166,6 +167,11 @@ class RedisPrefixIndex:
 
     def close(self) -> None:
         self._redis.close()
+
+
+def _packed(pages: list[int]) -> bytes:
+    """The page hashes as one argument: 8 bytes each (route.lua slices them)."""
+    return struct.pack(f">{len(pages)}Q", *pages)
 
 
 def open_prefix_index(url: str):
