@@ -109,11 +109,12 @@ class MemoryPrefixIndex:
         state = self._runtimes.get(name)
         if state is None:
             state = self._runtimes[name] = _Pages()
+        before = state.counter
         state.counter += len(pages) - held
         now, sent = state.counter, state.sent
         for i, page in enumerate(pages):  # as route.lua: a path's leaves age first
             sent[page] = now - max(0, i - held)
-        if len(sent) > 2 * capacity:
+        if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
             oldest = now - capacity
             state.sent = {page: at for page, at in sent.items() if at > oldest}
 
