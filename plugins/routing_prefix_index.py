@@ -38,6 +38,7 @@ from inferegator.plugin import (
     Runtime,
     StoreUnavailable,
     content_texts,
+    covered_chars,
     hookimpl,
     open_prefix_index,
     page_hashes,
@@ -112,7 +113,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         settings = self.settings
         self.page_chars = settings["page_chars"]
         self.max_pages = settings["max_pages"]
-        self.tokens_per_page = settings["page_chars"] / settings["chars_per_token"]
+        self.chars_per_token = settings["chars_per_token"]
         self.epsilon = settings["balance_epsilon"]
         primaries = self.split_roles(model.backends)[0]
         self.ring = HashRing(primaries, settings["virtual_nodes"])  # while the index is down
@@ -134,7 +135,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         reported = backend.reported_load or {}
         tokens = reported.get("capacity_tokens") or self.settings["cache_capacity_tokens"] \
             or DEFAULT_CAPACITY_TOKENS
-        return Runtime(self.runtime_name(backend), max(1, int(tokens / self.tokens_per_page)),
+        return Runtime(self.runtime_name(backend), max(1, int(tokens * self.chars_per_token)),
                        int(reported.get("slots") or DEFAULT_SLOTS), backend.load, tie)
 
     def order(self, request, candidates):
@@ -148,7 +149,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         tie = self.random.random
         runtimes = [self.weighed(b, tie()) for b in primaries]
         token = os.urandom(8).hex()  # the request's entry among the runtime's in flight
-        costs = Costs(self.tokens_per_page, self.mean_uncached, self.epsilon, self.lease_s)
+        costs = Costs(self.page_chars, self.chars_per_token, self.mean_uncached, self.epsilon,
+                      self.lease_s)
         try:
             self._clear_restarted(primaries, runtimes)
             route = self.index.route(runtimes, pages, token, costs)
@@ -158,7 +160,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
             return self._by_ring(text, pages, primaries) + fallbacks
         chosen = route.order[0]
         request.plugin_data[NAME] = (self.index, runtimes[chosen].name, token)
-        uncached = (len(pages) - route.held[chosen]) * self.tokens_per_page
+        held_chars = covered_chars(route.held[chosen], self.page_chars)
+        uncached = max(0, len(text) - held_chars) / self.chars_per_token
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
         return [primaries[i] for i in route.order] + fallbacks
 

@@ -26,7 +26,8 @@ def test_a_next_turn_pages_to_this_turns_pages_and_more():
     assert len(one) >= 20 and two[:len(one)] == one and len(two) > len(one)
     other = page_hashes(prompt_text("chat", {"messages": [
         {"role": "system", "content": "Another prompt. " + SYSTEM}]}), 64, 1000)
-    assert not set(other) & set(one)  # a change at the start changes every page after it
+    # "<|system|>" in common: the cuts at 4 and 8 bytes (64-byte pages), none after them
+    assert set(other) & set(one) == set(one[:2])
     assert page_hashes("x" * 1000, 64, 3) == page_hashes("x" * 1000, 64, 1000)[:3]
 
 
@@ -41,8 +42,10 @@ def index(request):
     store.close()
 
 
-# Costs in pages: a queued request costs 100 pages of prefill; no fairness cap to speak of.
-COSTS = Costs(tokens_per_page=1.0, queue_tokens=100.0, epsilon=100.0, lease_s=60.0)
+# 16-byte pages (cuts at 1, 2, 4, 8, 16, 32, 48, ... bytes), a byte a token: a queued
+# request costs 100 tokens of prefill; no fairness cap to speak of.
+COSTS = Costs(page_chars=16, chars_per_token=1.0, queue_tokens=100.0, epsilon=100.0,
+              lease_s=60.0)
 
 
 class Fleet:
@@ -93,14 +96,14 @@ def test_route_finds_each_runtimes_longest_prefix_and_weighs_its_queue(index):
 
 
 def test_pages_age_out_as_a_runtime_of_that_capacity_would_evict_them(index):
-    fleet = Fleet(index, ["r"], capacity=12)
-    old, new = list(range(0, 8)), list(range(1000, 1008))
+    fleet = Fleet(index, ["r"], capacity=96)  # bytes of text
+    old, new = list(range(0, 8)), list(range(1000, 1008))  # 8 cuts: 64 bytes each
     assert fleet.route(old)[1] == [0]
-    assert fleet.route(new)[1] == [0]  # 16 pages sent: the last 4 of `old` are gone
+    assert fleet.route(new)[1] == [0]  # 128 bytes sent: old's last 32 (2 pages) are gone
     assert fleet.route(new)[1] == [8]  # sent again: touched, nothing new counted
-    assert fleet.route(old)[1] == [4]  # its 4 lost pages are sent again
-    assert fleet.route(new)[1] == [8]  # still within the last 12
-    assert fleet.route(list(range(2000, 2012)))[1] == [0]  # 12 new pages: all else aged
+    assert fleet.route(old)[1] == [6]  # its 2 lost pages are sent again
+    assert fleet.route(new)[1] == [8]  # still within the last 96 bytes
+    assert fleet.route(list(range(2000, 2012)))[1] == [0]  # 128 new bytes: all else aged
     assert fleet.route(new)[1] == [0]
 
 

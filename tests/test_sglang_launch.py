@@ -25,8 +25,8 @@ from tests.support.processes import free_port, wait_until
 # Source: sgl-project/sglang, python/sglang/srt/server_args.py at commit
 # 001067fffe33427bee0ed2f007fb7551a1d76b44. There, ServerArgs declares the fields model_path
 # (alias --model), served_model_name, host, port, tp_size (alias --tensor-parallel-size),
-# context_length, mem_fraction_static, max_running_requests, page_size, is_embedding,
-# tool_call_parser and reasoning_parser; each
+# context_length, mem_fraction_static, max_running_requests, max_total_tokens,
+# chunked_prefill_size, page_size, is_embedding, tool_call_parser and reasoning_parser; each
 # field's flag is "--" + its name with "_" turned into "-" (_field_to_cli_name in
 # python/sglang/srt/arg_groups/arg_utils.py at 0116c6066d6ead4b97c0468f65e04cad47ca021e).
 # An older server_args.py (469c63e54e7d94591617ef9590c6aa26d54dc1bb) spells --model-path,
@@ -40,6 +40,8 @@ SGLANG_DOCUMENTED_FLAGS = {
     "--context-length",
     "--mem-fraction-static",
     "--max-running-requests",
+    "--max-total-tokens",
+    "--chunked-prefill-size",
     "--page-size",
     "--is-embedding",
     "--tool-call-parser",
@@ -256,12 +258,14 @@ def test_simulator_launcher_maps_sglang_flags_onto_its_settings():
         ["--model-path", "/models/llama", "--served-model-name", "llama", "--host", "0.0.0.0",
          "--port", "31000", "--tp-size", "2", "--context-length", "4096",
          "--mem-fraction-static", "0.8", "--max-running-requests", "8", "--page-size", "1",
-         "--trust-remote-code", "--chunked-prefill-size", "512"],
+         "--trust-remote-code", "--chunked-prefill-size", "512", "--max-total-tokens", "9000",
+         "--enable-metrics"],
         environ={"INFEREGATOR_SIM_ARGS": "--instant --port 1 --decode-ms-per-token 3"})
     assert (args.model, args.host, args.port) == ("llama", "0.0.0.0", 31000)
     assert (args.context_length, args.max_running_requests, args.page_size) == (4096, 8, 1)
+    assert (args.chunked_prefill_size, args.cache_capacity_tokens) == (512, 9000)
     assert args.instant and args.decode_ms_per_token == 3.0  # from the environment
-    assert ignored == ["--trust-remote-code", "--chunked-prefill-size", "512"]
+    assert ignored == ["--trust-remote-code", "--enable-metrics"]
 
 
 def test_simulator_launcher_serves_the_model_path_without_a_served_name():

@@ -2,22 +2,46 @@
 
 A runtime's radix cache holds a prompt's tokens in pages; a page is reusable only with
 every page before it. The gateway has no tokenizer, so it pages the prompt's text instead:
-``page_chars`` bytes of UTF-8 per page (about ``page_chars / 4`` tokens). Page i's hash
-covers the whole text up to the end of page i (a running CRC-32 and Adler-32, 64 bits),
-so equal hashes mean equal prefixes, and every process and replica computes the same ones.
+``page_chars`` bytes of UTF-8 per page (about ``page_chars / 4`` tokens), the first page
+cut four times on the way (at 1/16, 1/8, 1/4 and 1/2 of it) so that a short prompt, a
+conversation's first turn, still has cuts its next turn can find. Cut i's hash covers the
+whole text up to cut i (a running CRC-32 and Adler-32, 64 bits), so equal hashes mean
+equal prefixes, and every process and replica computes the same ones.
 """
 
 import zlib
 
+SMALL_CUTS = 4  # cuts inside the first page (route.lua knows them too)
+
+
+def cut_offsets(page_chars: int):
+    """Where the text is cut, in bytes: 16, 32, 64, 128, then 256, 512, ... for 256."""
+    for i in range(SMALL_CUTS):
+        yield page_chars >> (SMALL_CUTS - i)
+    offset = 0
+    while True:
+        offset += page_chars
+        yield offset
+
+
+def covered_chars(held: int, page_chars: int) -> int:
+    """The bytes of text that the first ``held`` cuts cover."""
+    if held <= SMALL_CUTS:
+        return page_chars >> (SMALL_CUTS + 1 - held) if held else 0
+    return page_chars * (held - SMALL_CUTS)
+
 
 def page_hashes(text: str, page_chars: int, max_pages: int) -> list[int]:
-    """The chained hash of each whole page of text (at most ``max_pages``)."""
+    """The chained hash of the text at each cut it reaches (at most ``max_pages``)."""
     data = memoryview(text.encode("utf-8", "surrogatepass"))
-    count = min(len(data) // page_chars, max_pages)
+    size, start = len(data), 0
     crc, adler, hashes = 0, 1, []
     crc32, adler32 = zlib.crc32, zlib.adler32
-    for start in range(0, count * page_chars, page_chars):
-        page = data[start:start + page_chars]
+    for cut in cut_offsets(page_chars):
+        if cut > size or len(hashes) >= max_pages:
+            break
+        page = data[start:cut]
         crc, adler = crc32(page, crc), adler32(page, adler)
         hashes.append(crc << 32 | adler)
+        start = cut
     return hashes

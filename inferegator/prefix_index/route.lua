@@ -1,18 +1,21 @@
 -- Choose a runtime for one prompt and record the choice, in one step, so that every
 -- worker and replica sharing this Redis sees each choice before making the next one.
 -- KEYS: per runtime, its pages (hash: page hash -> counter when last sent), its
---       page counter (pages sent there that it did not hold) and its in-flight set
+--       counter (bytes of prompt text sent there that it did not hold) and its in-flight set
 --       (sorted set: request id -> lease end, Redis time), in that order.
 -- ARGV: 1 the page count n, 2 the request id, 3 its lease (s), 4 the keys' lifetime (s),
---       5 tokens per page, 6 a queued request's wait in tokens, 7 balance epsilon,
---       then per runtime its capacity in pages, running slots and tie-break number,
+--       5 bytes per page, 6 bytes per token, 7 a queued request's wait in tokens,
+--       8 balance epsilon,
+--       then per runtime its cache's capacity (bytes of text), running slots and
+--       tie-break number,
 --       then the n page hashes as one string of 8 bytes each.
 -- Returns the runtimes best first (1-based), then per runtime the pages it held and its
 -- requests in flight. stores.rank is this choice in Python (the memory store's).
 local n, id, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local per_page, queue_cost, epsilon = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local page_chars, chars_per_token = tonumber(ARGV[5]), tonumber(ARGV[6])
+local queue_cost, epsilon = tonumber(ARGV[7]), tonumber(ARGV[8])
 local count = #KEYS / 3
-local hashes = ARGV[8 + 3 * count]
+local hashes = ARGV[9 + 3 * count]
 local page = {}
 for i = 1, n do page[i] = string.sub(hashes, 8 * i - 7, 8 * i) end
 local clock = redis.call('TIME')
@@ -20,9 +23,9 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local held, loads, total = {}, {}, 0
 for r = 1, count do
   local pages, counter, flight = KEYS[3 * r - 2], KEYS[3 * r - 1], KEYS[3 * r]
-  -- A page is held while fewer than capacity new pages were sent after it (LRU). Pages
-  -- are sent as whole prefixes, so the held ones are a prefix: a binary search finds it.
-  local oldest = tonumber(redis.call('GET', counter) or '0') - tonumber(ARGV[5 + 3 * r])
+  -- A page is held while less than capacity (bytes) of new text was sent after it (LRU).
+  -- Pages are sent as whole prefixes, so the held ones are a prefix: a binary search.
+  local oldest = tonumber(redis.call('GET', counter) or '0') - tonumber(ARGV[6 + 3 * r])
   local lo, hi = 0, n
   while lo < hi do
     local mid = math.floor((lo + hi + 1) / 2)
@@ -33,15 +36,23 @@ for r = 1, count do
   loads[r] = redis.call('ZCOUNT', flight, now, '+inf')
   total = total + loads[r]
 end
--- Expected prefill in tokens: the pages not held, plus a mean prefill per request that
--- would queue past the runtime's running slots; runtimes at the fairness cap go last.
+-- The text the first h cuts cover, in bytes (pages.covered_chars): four cuts inside the
+-- first page, at 1/16, 1/8, 1/4 and 1/2 of it, then one per page.
+local function covered(h)
+  if h == 0 then return 0 end
+  if h <= 4 then return math.floor(page_chars / 2 ^ (5 - h)) end
+  return page_chars * (h - 4)
+end
+-- Expected prefill against the others, in tokens: a mean prefill per request that would
+-- queue past the runtime's running slots, less the tokens it holds; runtimes at the
+-- fairness cap go last.
 local bound = math.ceil((1 + epsilon) * (total + 1) / count - 1e-9)
 local keyed, order = {}, {}
 for r = 1, count do
-  local slots = tonumber(ARGV[6 + 3 * r])
-  local queued = math.max(0, loads[r] + 1 - slots)
-  keyed[r] = {loads[r] >= bound and 1 or 0, (n - held[r]) * per_page + queued * queue_cost,
-              loads[r], tonumber(ARGV[7 + 3 * r]), r}
+  local queued = math.max(0, loads[r] + 1 - tonumber(ARGV[7 + 3 * r]))
+  keyed[r] = {loads[r] >= bound and 1 or 0,
+              queued * queue_cost - covered(held[r]) / chars_per_token,
+              loads[r], tonumber(ARGV[8 + 3 * r]), r}
   order[r] = r
 end
 table.sort(order, function(a, b)
@@ -51,16 +62,19 @@ table.sort(order, function(a, b)
   end
   return a < b
 end)
--- Record the chosen runtime's pages: the held ones and the first new one count as sent
--- now, each later page one step earlier (a radix cache evicts a path's leaves first).
+-- Record the chosen runtime's pages: its counter moves by the bytes it did not hold; the
+-- held pages and the first new one count as sent now, each later one as sent its
+-- distance earlier (a radix cache evicts a path's leaves first).
 local chosen = order[1]
 local pages, counter, flight = KEYS[3 * chosen - 2], KEYS[3 * chosen - 1], KEYS[3 * chosen]
-local have, capacity = held[chosen], tonumber(ARGV[5 + 3 * chosen])
-local sent = redis.call('INCRBY', counter, n - have)
+local have, capacity = held[chosen], tonumber(ARGV[6 + 3 * chosen])
+local added = covered(n) - covered(have)
+local sent = redis.call('INCRBY', counter, added)
+local first_new = covered(have + 1)
 local batch = {}
 for i = 1, n do
   batch[#batch + 1] = page[i]
-  batch[#batch + 1] = sent - math.max(0, i - 1 - have)
+  batch[#batch + 1] = sent - math.max(0, covered(i) - first_new)
   if #batch >= 1000 then
     redis.call('HSET', pages, unpack(batch))
     batch = {}
@@ -69,7 +83,7 @@ end
 if #batch > 0 then redis.call('HSET', pages, unpack(batch)) end
 -- Each time the counter passes a multiple of the capacity, drop the pages aged out (a
 -- scan of the hash, so once per capacity's worth of new pages).
-if math.floor(sent / capacity) > math.floor((sent - n + have) / capacity) then
+if math.floor(sent / capacity) > math.floor((sent - added) / capacity) then
   local all, gone, oldest = redis.call('HGETALL', pages), {}, sent - capacity
   for i = 1, #all, 2 do
     if tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
@@ -84,7 +98,7 @@ redis.call('ZADD', flight, now + lease, id)
 redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
 -- Keys unused for the lifetime go; refreshed on every 16th call (by the clock's
 -- microseconds), and when a key was just made, which saves two thirds of the calls.
-if sent == n - have or tonumber(clock[2]) % 16 == 0 then
+if sent == added or tonumber(clock[2]) % 16 == 0 then
   for _, key in ipairs({pages, counter, flight}) do redis.call('EXPIRE', key, ttl) end
 end
 local reply = {}

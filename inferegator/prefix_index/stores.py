@@ -1,9 +1,9 @@
 """Where the prefix index lives: a process's memory, or Redis for every worker and replica.
 
-Both keep, per runtime, each page sent there with the runtime's page counter at that time
-(the count of pages sent there that it did not hold yet), the new pages of a prompt one
-count apart, its last page oldest. A page is taken to be held while fewer than the
-runtime's capacity in pages came after it: a radix cache evicts the least recently used
+Both keep, per runtime, each page sent there with the runtime's counter at that time (the
+bytes of text sent there that it did not hold yet), a prompt's new pages their distance
+apart, its last page oldest. A page is taken to be held while less than the runtime's
+capacity (in bytes of text) came after it: a radix cache evicts the least recently used
 leaves first. Both answer:
 
 - ``route(runtimes, pages, request_id, costs)``: choose where the prompt goes (``rank``)
@@ -23,6 +23,7 @@ import struct
 from typing import NamedTuple
 
 from ..redis_scripts import Script, open_scripts
+from .pages import covered_chars
 
 ROUTE = Script.load(pathlib.Path(__file__).parent, "route.lua")
 
@@ -31,7 +32,7 @@ class Runtime(NamedTuple):
     """One candidate runtime as the index weighs it."""
 
     name: str  # what its cache holds: model @ URL
-    capacity: int  # pages its cache can hold
+    capacity: int  # what its cache can hold, in bytes of prompt text
     slots: int  # requests it runs at once; more wait in its queue
     load: float  # requests on it (the memory store's; the Redis store counts its own)
     tie: float  # a random number: equal choices go to the smaller
@@ -40,7 +41,8 @@ class Runtime(NamedTuple):
 class Costs(NamedTuple):
     """The cost model's constants for one request."""
 
-    tokens_per_page: float
+    page_chars: int  # the pages' size (inferegator.prefix_index.pages)
+    chars_per_token: float
     queue_tokens: float  # what one request queued ahead costs, in tokens of prefill
     epsilon: float  # fairness cap: no runtime past (1 + epsilon) x the mean load
     lease_s: float  # how long a request counts as in flight if never released
@@ -52,17 +54,18 @@ class Route(NamedTuple):
     loads: list[float]  # per runtime, the load weighed
 
 
-def rank(held: list[int], loads: list[float], runtimes: list[Runtime], pages: int,
+def rank(held: list[int], loads: list[float], runtimes: list[Runtime],
          costs: Costs) -> list[int]:
-    """Runtimes best first: those under the fairness cap, then by expected prefill (the
-    tokens not held, plus a queued request's cost for each request past its running
-    slots), then load, then the tie number. route.lua makes the same choice in Redis."""
+    """Runtimes best first: those under the fairness cap, then by expected prefill
+    against the others (a queued request's cost for each request past its running slots,
+    less the tokens its held pages cover), then load, then the tie number. route.lua
+    makes the same choice in Redis."""
     bound = math.ceil((1.0 + costs.epsilon) * (sum(loads) + 1) / len(loads) - 1e-9)
     keyed = []
     for i, (have, load, runtime) in enumerate(zip(held, loads, runtimes)):
         queued = max(0.0, load + 1 - runtime.slots)
-        cost = (pages - have) * costs.tokens_per_page + queued * costs.queue_tokens
-        keyed.append((load >= bound, cost, load, runtime.tie, i))
+        saved = covered_chars(have, costs.page_chars) / costs.chars_per_token
+        keyed.append((load >= bound, queued * costs.queue_tokens - saved, load, runtime.tie, i))
     keyed.sort()
     return [entry[-1] for entry in keyed]
 
@@ -72,7 +75,7 @@ class _Pages:
 
     def __init__(self):
         self.sent: dict[int, int] = {}  # page hash -> counter when last sent
-        self.counter = 0
+        self.counter = 0  # bytes of text sent that the runtime did not hold
 
 
 class MemoryPrefixIndex:
@@ -100,20 +103,23 @@ class MemoryPrefixIndex:
               costs: Costs) -> Route:
         held = [self.held(runtime, pages) for runtime in runtimes]
         loads = [runtime.load for runtime in runtimes]
-        order = rank(held, loads, runtimes, len(pages), costs)
+        order = rank(held, loads, runtimes, costs)
         chosen = runtimes[order[0]]
-        self._record(chosen.name, chosen.capacity, held[order[0]], pages)
+        self._record(chosen.name, chosen.capacity, held[order[0]], pages, costs.page_chars)
         return Route(order, held, loads)
 
-    def _record(self, name: str, capacity: int, held: int, pages: list[int]) -> None:
+    def _record(self, name: str, capacity: int, held: int, pages: list[int],
+                page_chars: int) -> None:
         state = self._runtimes.get(name)
         if state is None:
             state = self._runtimes[name] = _Pages()
+        added = covered_chars(len(pages), page_chars) - covered_chars(held, page_chars)
         before = state.counter
-        state.counter += len(pages) - held
+        state.counter += added
         now, sent = state.counter, state.sent
-        for i, page in enumerate(pages):  # as route.lua: a path's leaves age first
-            sent[page] = now - max(0, i - held)
+        first_new = covered_chars(held + 1, page_chars)
+        for i, page in enumerate(pages, 1):  # as route.lua: a path's leaves age first
+            sent[page] = now - max(0, covered_chars(i, page_chars) - first_new)
         if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
             oldest = now - capacity
             state.sent = {page: at for page, at in sent.items() if at > oldest}
@@ -152,8 +158,9 @@ class RedisPrefixIndex:
             per_runtime += (runtime.capacity, runtime.slots, repr(float(runtime.tie)))
         reply = self._redis.run(ROUTE, keys, [
             len(pages), request_id, repr(float(costs.lease_s)), self.ttl_s,
-            repr(float(costs.tokens_per_page)), repr(float(costs.queue_tokens)),
-            repr(float(costs.epsilon)), *per_runtime, _packed(pages)])
+            costs.page_chars, repr(float(costs.chars_per_token)),
+            repr(float(costs.queue_tokens)), repr(float(costs.epsilon)), *per_runtime,
+            _packed(pages)])
         count = len(runtimes)
         return Route([int(i) - 1 for i in reply[:count]],
                      [int(v) for v in reply[count:2 * count]],

@@ -72,7 +72,7 @@ class ServerInfo:
             "host": s.host, "port": s.port, "tp_size": 1, "dp_size": 1, "pp_size": 1,
             "context_length": s.context_length, "max_running_requests": s.max_running_requests,
             "max_total_tokens": s.cache_capacity_tokens, "page_size": s.page_size,
-            "max_prefill_tokens": 16384, "chunked_prefill_size": 8192,
+            "max_prefill_tokens": 16384, "chunked_prefill_size": s.chunked_prefill_size,
             "enable_metrics": True, "disaggregation_mode": "null", "weight_version": "default",
             "skip_tokenizer_init": False, "is_embedding": s.is_embedding,
             "tool_call_parser": None if s.tool_call_parser == "none" else s.tool_call_parser,

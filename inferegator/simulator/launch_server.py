@@ -6,8 +6,9 @@ GPU by setting ``launcher_module: inferegator.simulator.launch_server``:
 
 - ``--model-path`` (or ``--model``) and ``--served-model-name``: the model name served is the
   served name, else the model path, as with SGLang;
-- ``--host``, ``--port``, ``--context-length``, ``--max-running-requests``, ``--page-size``:
-  the simulator's settings of the same names;
+- ``--host``, ``--port``, ``--context-length``, ``--max-running-requests``, ``--page-size``,
+  ``--chunked-prefill-size``: the simulator's settings of the same names;
+- ``--max-total-tokens`` (the KV cache's size in tokens): ``--cache-capacity-tokens``;
 - ``--is-embedding``: serve an embedding model, as ``inferegator sim --is-embedding``;
 - ``--tool-call-parser`` and ``--reasoning-parser``: the simulator's settings of the same
   names (the families it models);
@@ -28,7 +29,9 @@ from . import command
 SIM_ARGS_ENV = "INFEREGATOR_SIM_ARGS"
 # The SGLang flags mapped onto a simulator setting of the same name.
 _SHARED = ("host", "port", "context_length", "max_running_requests", "page_size",
-           "is_embedding", "tool_call_parser", "reasoning_parser")
+           "chunked_prefill_size", "is_embedding", "tool_call_parser", "reasoning_parser")
+# SGLang flags mapped onto a simulator setting of another name: theirs -> ours.
+_RENAMED = {"max_total_tokens": "cache_capacity_tokens"}
 
 
 def sglang_parser() -> argparse.ArgumentParser:
@@ -46,6 +49,10 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, help="max prompt + completion tokens")
     parser.add_argument("--max-running-requests", type=int, help="requests decoded at once")
     parser.add_argument("--page-size", type=int, help="tokens per prefix-cache page")
+    parser.add_argument("--chunked-prefill-size", type=int,
+                        help="uncached prompt tokens prefilled per scheduling round")
+    parser.add_argument("--max-total-tokens", type=int,
+                        help="the KV cache's size in tokens (the prefix cache's capacity)")
     parser.add_argument("--is-embedding", action="store_true", default=None,
                         help="serve an embedding model (/v1/embeddings)")
     parser.add_argument("--tool-call-parser", help="parse tool calls in this family's format")
@@ -69,9 +76,9 @@ def sim_arguments(argv: list[str], environ=None) -> tuple[argparse.Namespace, li
     command.register(sim.add_subparsers())  # exactly the flags and defaults of `inferegator sim`
     args = sim.parse_args(["sim", *shlex.split(environ.get(SIM_ARGS_ENV, ""))])
     args.model = sglang_args.served_model_name or sglang_args.model_path
-    for name in _SHARED:
-        if getattr(sglang_args, name) is not None:
-            setattr(args, name, getattr(sglang_args, name))
+    for theirs, ours in (*((name, name) for name in _SHARED), *_RENAMED.items()):
+        if getattr(sglang_args, theirs) is not None:
+            setattr(args, ours, getattr(sglang_args, theirs))
     return args, ignored
 
 
