@@ -44,14 +44,15 @@ local function covered(h)
   return page_chars * (h - 4)
 end
 -- Expected prefill against the others, in tokens: a mean prefill per request that would
--- queue past the runtime's running slots, less the tokens it holds; runtimes at the
--- fairness cap go last.
+-- queue past the runtime's running slots, a share (1 / slots) of one per request running
+-- there, less the tokens it holds; runtimes at the fairness cap go last.
 local bound = math.ceil((1 + epsilon) * (total + 1) / count - 1e-9)
 local keyed, order = {}, {}
 for r = 1, count do
-  local queued = math.max(0, loads[r] + 1 - tonumber(ARGV[7 + 3 * r]))
-  keyed[r] = {loads[r] >= bound and 1 or 0,
-              queued * queue_cost - covered(held[r]) / chars_per_token,
+  local slots = tonumber(ARGV[7 + 3 * r])
+  local queued = math.max(0, loads[r] + 1 - slots)
+  local cost = queued * queue_cost + loads[r] * queue_cost / slots
+  keyed[r] = {loads[r] >= bound and 1 or 0, cost - covered(held[r]) / chars_per_token,
               loads[r], tonumber(ARGV[8 + 3 * r]), r}
   order[r] = r
 end

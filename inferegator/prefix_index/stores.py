@@ -57,15 +57,18 @@ class Route(NamedTuple):
 def rank(held: list[int], loads: list[float], runtimes: list[Runtime],
          costs: Costs) -> list[int]:
     """Runtimes best first: those under the fairness cap, then by expected prefill
-    against the others (a queued request's cost for each request past its running slots,
-    less the tokens its held pages cover), then load, then the tie number. route.lua
-    makes the same choice in Redis."""
+    against the others, then load, then the tie number. The expected prefill, in tokens:
+    a queued request's for each request that would wait past its running slots, a share
+    of one (1 / slots) for each request running there (they split its rounds), less the
+    tokens its held pages cover. route.lua makes the same choice in Redis."""
     bound = math.ceil((1.0 + costs.epsilon) * (sum(loads) + 1) / len(loads) - 1e-9)
     keyed = []
+    per_request = costs.queue_tokens
     for i, (have, load, runtime) in enumerate(zip(held, loads, runtimes)):
         queued = max(0.0, load + 1 - runtime.slots)
         saved = covered_chars(have, costs.page_chars) / costs.chars_per_token
-        keyed.append((load >= bound, queued * costs.queue_tokens - saved, load, runtime.tie, i))
+        cost = queued * per_request + load * per_request / runtime.slots - saved
+        keyed.append((load >= bound, cost, load, runtime.tie, i))
     keyed.sort()
     return [entry[-1] for entry in keyed]
 
