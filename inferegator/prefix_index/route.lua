@@ -72,28 +72,26 @@ local have, capacity = held[chosen], tonumber(ARGV[6 + 3 * chosen])
 local added = covered(n) - covered(have)
 local sent = redis.call('INCRBY', counter, added)
 local first_new = covered(have + 1)
-local batch = {}
-for i = 1, n do
-  batch[#batch + 1] = page[i]
-  batch[#batch + 1] = sent - math.max(0, covered(i) - first_new)
-  if #batch >= 1000 then
-    redis.call('HSET', pages, unpack(batch))
-    batch = {}
+-- One command over many arguments, at most 1000 at a time (unpack's stack is bounded).
+local function in_batches(command, key, items)
+  for from = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, from, math.min(#items, from + 999)))
   end
 end
-if #batch > 0 then redis.call('HSET', pages, unpack(batch)) end
+local fields = {}
+for i = 1, n do
+  fields[#fields + 1] = page[i]
+  fields[#fields + 1] = sent - math.max(0, covered(i) - first_new)
+end
+in_batches('HSET', pages, fields)
 -- Each time the counter passes a multiple of the capacity, drop the pages aged out (a
 -- scan of the hash, so once per capacity's worth of new pages).
 if math.floor(sent / capacity) > math.floor((sent - added) / capacity) then
   local all, gone, oldest = redis.call('HGETALL', pages), {}, sent - capacity
   for i = 1, #all, 2 do
     if tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
-    if #gone >= 1000 then
-      redis.call('HDEL', pages, unpack(gone))
-      gone = {}
-    end
   end
-  if #gone > 0 then redis.call('HDEL', pages, unpack(gone)) end
+  in_batches('HDEL', pages, gone)
 end
 redis.call('ZADD', flight, now + lease, id)
 redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
