@@ -4,14 +4,14 @@ that runtime's queue costs more than the prefill it saves.
 Every request's prompt is paged (inferegator.prefix_index.pages) and routed through the
 prefix index, shared through Redis by every worker and replica (``index: auto`` uses the
 rate limiter's Redis when it has one; else each worker keeps its own, in memory). Each
-candidate's expected prefill, in tokens, is
+candidate's expected prefill against the others, in tokens, is
 
-    prompt tokens it does not hold + queued x mean uncached tokens per request
+    (queued + load / slots) x mean uncached tokens per request - tokens it holds
 
-where queued is how far its load would pass its running slots (SGLang's
-max_running_requests, as it reports them). With Redis, a runtime's load is the requests
-every replica has routed there and not yet finished, counted in Redis; in memory, the
-backend's load as this worker sees it. The cheapest runtime whose load is under the
+where slots are its running slots (SGLang's max_running_requests, as it reports them),
+queued is how far its load would pass them, and load is, with Redis, the requests every
+replica has routed there and not yet finished, counted in Redis (in memory, the
+backend's load as this worker sees it). The cheapest runtime whose load is under the
 fairness cap, ceil((1 + balance_epsilon) x (total load + 1) / n), gets the request; equal
 costs go to the less loaded; a hot prefix that would push its runtime past the cap goes
 to the next cheapest, and is recorded there too, so the prefix then lives on both. The
@@ -31,6 +31,7 @@ from inferegator.plugin import (
     CHAT,
     GENERATE,
     RESPONSES,
+    SMALL_CUTS,
     Costs,
     HashRing,
     Option,
@@ -166,9 +167,10 @@ class PrefixIndexPolicy(RandomizedPolicy):
         return [primaries[i] for i in route.order] + fallbacks
 
     def _by_ring(self, text: str, pages: list[int], primaries: list) -> list:
-        """The bounded-load ring keyed by the prompt's first page: a conversation's turns
-        agree on it in every replica, with no state."""
-        key = pages[0] if pages else stable_hash(text)
+        """The bounded-load ring keyed by the prompt's first page (its hash at the first
+        whole page, else at its last cut): a conversation's turns agree on it in every
+        replica, with no state."""
+        key = pages[min(len(pages), SMALL_CUTS + 1) - 1] if pages else stable_hash(text)
         return self.ring.order(key, primaries, self.epsilon)
 
     def _clear_restarted(self, backends: list, runtimes: list[Runtime]) -> None:
