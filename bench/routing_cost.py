@@ -12,11 +12,12 @@ For each request, timed with perf_counter_ns:
 
   pages            prompt text and page hashes alone (inferegator.prefix_index.pages)
   order memory     prefix_index with its index in this process
-  order redis      prefix_index with its index in a private Redis (Debian's redis-server
-                   on a free port, on this machine): one script call, waited for
+  order redis tcp  prefix_index with its index in a private Redis (Debian's redis-server
+                   on this machine) over TCP (redis://127.0.0.1): one script call, waited
   release redis    the end of the request: the policy plugin's request_finished hook
                    (a ZREM sent, not waited for)
-  redis PING       one plain round trip on the same kind of connection, for scale
+  PING redis       one plain round trip on the same kind of connection, for scale
+  ... unix         the same over a unix socket (unix://), as a Redis on the gateway's host
   order ring       cache_aware (bounded-load ring over the prompt's start)
 
 Output: a markdown table of P50 / P90 / P99 / mean µs per part, and the JSON record under
@@ -179,34 +180,35 @@ def main() -> int:
     prompt_chars = [sum(len(m["content"]) for m in b["messages"]) for b in measured]
 
     results = {}
-    redis = RedisServer()
     tmp = tempfile.mkdtemp(prefix="inferegator-routing-cost-")
-    gateways = []
-    try:
-        for label, policy, store in (("memory", "prefix_index", "memory"),
-                                     ("redis", "prefix_index", redis.url),
-                                     ("ring", "cache_aware", "memory")):
+    for label, policy in (("memory", "prefix_index"), ("redis tcp", "prefix_index"),
+                          ("redis unix", "prefix_index"), ("ring", "cache_aware")):
+        redis = RedisServer(unix_socket=label == "redis unix") if "redis" in label else None
+        try:
             options = {"seed": 0} if policy == "prefix_index" else {}
-            gateway, model = build_policy(policy, options, store, tmp)
-            gateways.append(gateway)
-            time_order(gateway, model, warm)
-            order_us, release_us = time_order(gateway, model, measured)
+            gateway, model = build_policy(policy, options, redis.url if redis else "memory",
+                                          tmp)
+            try:
+                time_order(gateway, model, warm)
+                order_us, release_us = time_order(gateway, model, measured)
+            finally:
+                gateway.close()
             results[f"order {label}"] = stats(order_us)
-            if label == "redis":
-                results["release redis"] = stats(release_us)
-                results["redis PING"] = stats(time_ping(redis.url, len(measured)))
+            if redis:
+                results[f"release {label}"] = stats(release_us)
+                results[f"PING {label}"] = stats(time_ping(redis.url, len(measured)))
             if label == "memory":
                 results["pages"] = stats(time_pages(measured, model.policy))
-    finally:
-        for gateway in gateways:
-            gateway.close()
-        redis.stop()
+        finally:
+            if redis:
+                redis.stop()
 
     print(f"\n### Routing decision cost: {len(measured)} {workload} turns (prompt chars "
           f"P50 {percentile(prompt_chars, 50):,.0f}, max {max(prompt_chars):,}), 4 runtimes"
           f"\n")
     print("| part | P50 µs | P90 µs | P99 µs | mean µs |\n|---|---:|---:|---:|---:|")
-    for name in ("pages", "order memory", "order redis", "release redis", "redis PING",
+    for name in ("pages", "order memory", "order redis tcp", "release redis tcp",
+                 "PING redis tcp", "order redis unix", "release redis unix", "PING redis unix",
                  "order ring"):
         s = results[name]
         print(f"| {name} | {s['p50_us']:.0f} | {s['p90_us']:.0f} | {s['p99_us']:.0f} "

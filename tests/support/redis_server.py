@@ -1,5 +1,7 @@
-"""A private redis-server (Debian's binary) on a free port, without persistence."""
+"""A private redis-server (Debian's binary) on a free port or a unix socket, without
+persistence."""
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -8,17 +10,20 @@ from .processes import free_port, wait_until
 
 
 class RedisServer:
-    def __init__(self):
+    def __init__(self, unix_socket: bool = False):
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="inferegator-redis-")
+        self.socket = os.path.join(self.dir, "redis.sock") if unix_socket else None
+        self.port = 0 if unix_socket else free_port()
+        listen = ["--unixsocket", self.socket] if unix_socket else ["--bind", "127.0.0.1"]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [binary, "--port", str(self.port), *listen, "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         import redis
 
-        self.client = redis.Redis(port=self.port)
+        self.client = redis.Redis(unix_socket_path=self.socket) if unix_socket \
+            else redis.Redis(port=self.port)
 
         def answers():
             try:
@@ -32,7 +37,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}" if self.socket else f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         self.proc.terminate()
