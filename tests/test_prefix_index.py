@@ -298,3 +298,28 @@ def test_the_fairness_cap_holds_under_a_hot_prefix_across_replicas(
     # 12 in flight over 3 runtimes, epsilon 0.5: none past ceil(1.5 x 12 / 3) = 6, so the
     # hot prefix lives on at least two runtimes.
     assert max(running) <= 6 and sorted(running)[-2] > 0, running
+
+
+def test_a_request_stops_counting_as_load_when_its_client_leaves(start_sim, start_gateway,
+                                                                  redis_server):
+    sims = [start_sim() for _ in range(2)]  # real timing: 200 tokens take seconds
+    gateway = start_gateway(gateway_yaml(sims, model_extra=["routing: prefix_index"],
+                                         ratelimit={"store": redis_server.url}))
+    keys = [f"inferegator:px:sim-model@{sim.url}:f" for sim in sims]
+
+    def in_flight() -> int:
+        return sum(redis_server.client.zcard(key) for key in keys)
+
+    resp = requests.post(gateway.url + "/v1/chat/completions", stream=True, timeout=30,
+                         headers={"Authorization": f"Bearer {gateway.key}"},
+                         json={"model": MODEL, "max_tokens": 200, "ignore_eos": True,
+                               "stream": True,
+                               "messages": [{"role": "user", "content": "Count slowly."}]})
+    assert resp.status_code == 200
+    next(resp.iter_lines())  # the stream has begun: the request counts where it went
+    assert in_flight() == 1
+    resp.close()  # the client leaves mid-stream
+    wait_until(lambda: in_flight() == 0, timeout=10, interval=0.05)
+    _chat(gateway, [{"role": "user", "content": "And a whole answer."}])
+    # Released once its answer ends (the hook runs after the last byte; the ZREM is sent).
+    wait_until(lambda: in_flight() == 0, timeout=10, interval=0.05)
