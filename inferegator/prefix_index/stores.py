@@ -49,6 +49,8 @@ class Costs(NamedTuple):
 
 
 class Route(NamedTuple):
+    """The index's answer for one request."""
+
     order: list[int]  # indexes into the runtimes given, best first
     held: list[int]  # per runtime, the leading pages it holds
     loads: list[float]  # per runtime, the load weighed
