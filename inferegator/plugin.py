@@ -46,7 +46,7 @@ from .outcome import (
     Usage,
 )
 from .periodic import every
-from .prefix_index.pages import SMALL_CUTS, covered_chars, page_hashes
+from .prefix_index.pages import covered_chars, first_page_hash, page_hashes
 from .prefix_index.stores import Costs, Runtime, open_prefix_index
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
@@ -81,7 +81,7 @@ __all__ = [
     "BackendAdapter", "RoutingPolicy", "RandomizedPolicy", "RingPolicy", "Option",
     "by_load", "content_texts", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
-    "may_use", "every", "page_hashes", "covered_chars", "SMALL_CUTS", "open_prefix_index",
+    "may_use", "every", "page_hashes", "covered_chars", "first_page_hash", "open_prefix_index",
     "Runtime", "Costs", "HashRing", "stable_hash",
     "StoreUnavailable",
 ]

@@ -31,7 +31,6 @@ from inferegator.plugin import (
     CHAT,
     GENERATE,
     RESPONSES,
-    SMALL_CUTS,
     Costs,
     HashRing,
     Option,
@@ -40,6 +39,7 @@ from inferegator.plugin import (
     StoreUnavailable,
     content_texts,
     covered_chars,
+    first_page_hash,
     hookimpl,
     open_prefix_index,
     page_hashes,
@@ -170,7 +170,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         """The bounded-load ring keyed by the prompt's first page (its hash at the first
         whole page, else at its last cut): a conversation's turns agree on it in every
         replica, with no state."""
-        key = pages[min(len(pages), SMALL_CUTS + 1) - 1] if pages else stable_hash(text)
+        key = first_page_hash(pages) if pages else stable_hash(text)
         return self.ring.order(key, primaries, self.epsilon)
 
     def _clear_restarted(self, backends: list, runtimes: list[Runtime]) -> None:

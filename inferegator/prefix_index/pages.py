@@ -31,6 +31,12 @@ def covered_chars(held: int, page_chars: int) -> int:
     return page_chars * (held - SMALL_CUTS)
 
 
+def first_page_hash(hashes: list[int]) -> int:
+    """The hash at the end of the first whole page, else at the last cut there is (a
+    prompt shorter than a page); ``hashes`` from page_hashes, not empty."""
+    return hashes[min(len(hashes), SMALL_CUTS + 1) - 1]
+
+
 def page_hashes(text: str, page_chars: int, max_pages: int) -> list[int]:
     """The chained hash of the text at each cut it reaches (at most ``max_pages``)."""
     data = memoryview(text.encode("utf-8", "surrogatepass"))
