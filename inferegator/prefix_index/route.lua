@@ -1,8 +1,9 @@
 -- Choose a runtime for one prompt and record the choice, in one step, so that every
 -- worker and replica sharing this Redis sees each choice before making the next one.
--- KEYS: per runtime, its pages (hash: page hash -> counter when last sent), its
---       counter (bytes of prompt text sent there that it did not hold) and its in-flight set
---       (sorted set: request id -> lease end, Redis time), in that order.
+-- KEYS: per runtime, its pages (hash: page hash -> counter when last sent, and field "n",
+--       the counter: bytes of prompt text sent there that it did not hold) and its
+--       in-flight set (sorted set: request id -> lease end, Redis time; those past their
+--       lease are dropped now and then, below), in that order.
 -- ARGV: 1 the page count n, 2 the request id, 3 its lease (s), 4 the keys' lifetime (s),
 --       5 bytes per page, 6 bytes per token, 7 a queued request's wait in tokens,
 --       8 balance epsilon,
@@ -14,26 +15,34 @@
 local n, id, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local page_chars, chars_per_token = tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue_cost, epsilon = tonumber(ARGV[7]), tonumber(ARGV[8])
-local count = #KEYS / 3
+local count = #KEYS / 2
 local hashes = ARGV[9 + 3 * count]
 local page = {}
 for i = 1, n do page[i] = string.sub(hashes, 8 * i - 7, 8 * i) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
-local held, loads, total = {}, {}, 0
+local held, loads, counters, total = {}, {}, {}, 0
 for r = 1, count do
-  local pages, counter, flight = KEYS[3 * r - 2], KEYS[3 * r - 1], KEYS[3 * r]
+  local pages, flight = KEYS[2 * r - 1], KEYS[2 * r]
   -- A page is held while less than capacity (bytes) of new text was sent after it (LRU).
-  -- Pages are sent as whole prefixes, so the held ones are a prefix: a binary search.
-  local oldest = tonumber(redis.call('GET', counter) or '0') - tonumber(ARGV[6 + 3 * r])
+  -- Pages are sent as whole prefixes, so the held ones are a prefix: a binary search,
+  -- after the first page, asked for with the counter (most runtimes hold none of a prompt).
   local lo, hi = 0, n
-  while lo < hi do
-    local mid = math.floor((lo + hi + 1) / 2)
-    local sent = redis.call('HGET', pages, page[mid])
-    if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
+  if n > 0 then
+    local first = redis.call('HMGET', pages, 'n', page[1])
+    counters[r] = tonumber(first[1] or '0')
+    local oldest = counters[r] - tonumber(ARGV[6 + 3 * r])
+    if first[2] and tonumber(first[2]) > oldest then lo = 1 else hi = 0 end
+    while lo < hi do
+      local mid = math.floor((lo + hi + 1) / 2)
+      local sent = redis.call('HGET', pages, page[mid])
+      if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
+    end
+  else
+    counters[r] = tonumber(redis.call('HGET', pages, 'n') or '0')
   end
   held[r] = lo
-  loads[r] = redis.call('ZCOUNT', flight, now, '+inf')
+  loads[r] = redis.call('ZCARD', flight)
   total = total + loads[r]
 end
 -- The text the first h cuts cover, in bytes (pages.covered_chars): four cuts inside the
@@ -67,10 +76,10 @@ end)
 -- held pages and the first new one count as sent now, each later one as sent its
 -- distance earlier (a radix cache evicts a path's leaves first).
 local chosen = order[1]
-local pages, counter, flight = KEYS[3 * chosen - 2], KEYS[3 * chosen - 1], KEYS[3 * chosen]
+local pages, flight = KEYS[2 * chosen - 1], KEYS[2 * chosen]
 local have, capacity = held[chosen], tonumber(ARGV[6 + 3 * chosen])
 local added = covered(n) - covered(have)
-local sent = redis.call('INCRBY', counter, added)
+local sent = counters[chosen] + added
 local first_new = covered(have + 1)
 -- One command over many arguments, at most 1000 at a time (unpack's stack is bounded).
 local function in_batches(command, key, items)
@@ -78,10 +87,12 @@ local function in_batches(command, key, items)
     redis.call(command, key, unpack(items, from, math.min(#items, from + 999)))
   end
 end
-local fields = {}
+local now_sent = tostring(sent)  -- converted once: most pages take this value
+local fields = {'n', now_sent}
 for i = 1, n do
+  local distance = covered(i) - first_new
   fields[#fields + 1] = page[i]
-  fields[#fields + 1] = sent - math.max(0, covered(i) - first_new)
+  fields[#fields + 1] = distance > 0 and sent - distance or now_sent
 end
 in_batches('HSET', pages, fields)
 -- Each time the counter passes a multiple of the capacity, drop the pages aged out (a
@@ -89,16 +100,17 @@ in_batches('HSET', pages, fields)
 if math.floor(sent / capacity) > math.floor((sent - added) / capacity) then
   local all, gone, oldest = redis.call('HGETALL', pages), {}, sent - capacity
   for i = 1, #all, 2 do
-    if tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
+    if all[i] ~= 'n' and tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
   end
   in_batches('HDEL', pages, gone)
 end
 redis.call('ZADD', flight, now + lease, id)
-redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
 -- Keys unused for the lifetime go; refreshed on every 16th call (by the clock's
--- microseconds), and when a key was just made, which saves two thirds of the calls.
+-- microseconds), and when a key was just made. Every runtime's requests past their lease
+-- (a replica died before releasing them) are dropped on those calls too.
 if sent == added or tonumber(clock[2]) % 16 == 0 then
-  for _, key in ipairs({pages, counter, flight}) do redis.call('EXPIRE', key, ttl) end
+  for r = 1, count do redis.call('ZREMRANGEBYSCORE', KEYS[2 * r], '-inf', now) end
+  for _, key in ipairs({pages, flight}) do redis.call('EXPIRE', key, ttl) end
 end
 local reply = {}
 for r = 1, count do reply[r] = order[r] end

@@ -151,9 +151,8 @@ class RedisPrefixIndex:
         self.ttl_s = ttl_s
 
     def _keys(self, runtime: str) -> list[str]:
-        """Its page set, page counter and in-flight set."""
-        return [f"{self.prefix}{runtime}:p", f"{self.prefix}{runtime}:n",
-                f"{self.prefix}{runtime}:f"]
+        """Its pages (with its counter) and its in-flight set."""
+        return [f"{self.prefix}{runtime}:p", f"{self.prefix}{runtime}:f"]
 
     def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
               costs: Costs) -> Route:
@@ -172,11 +171,11 @@ class RedisPrefixIndex:
                      [float(v) for v in reply[2 * count:]])
 
     def release(self, runtime: str, request_id: str) -> None:
-        self._redis.send_command("ZREM", self._keys(runtime)[2], request_id)
+        self._redis.send_command("ZREM", self._keys(runtime)[1], request_id)
 
     def clear(self, runtime: str) -> None:
         """Its pages (what it is running stays counted until released)."""
-        self._redis.command("DEL", *self._keys(runtime)[:2])
+        self._redis.command("DEL", self._keys(runtime)[0])
 
     def close(self) -> None:
         self._redis.close()
