@@ -202,7 +202,7 @@ def test_a_flushed_drained_or_restarted_runtime_is_forgotten(start_sim, start_ga
     first_page = page_hashes(prompt_text("chat", {"messages": one}), 256, 2048)[0]
 
     def holds(sim) -> bool:
-        return redis_server.client.hget(f"inferegator:px:sim-model@{sim.url}:p",
+        return redis_server.client.hget(f"inferegator:px2:sim-model@{sim.url}:p",
                                         struct.pack(">Q", first_page)) is not None
 
     def healthy(url) -> bool:
@@ -305,7 +305,7 @@ def test_a_request_stops_counting_as_load_when_its_client_leaves(start_sim, star
     sims = [start_sim() for _ in range(2)]  # real timing: 200 tokens take seconds
     gateway = start_gateway(gateway_yaml(sims, model_extra=["routing: prefix_index"],
                                          ratelimit={"store": redis_server.url}))
-    keys = [f"inferegator:px:sim-model@{sim.url}:f" for sim in sims]
+    keys = [f"inferegator:px2:sim-model@{sim.url}:f" for sim in sims]
 
     def in_flight() -> int:
         return sum(redis_server.client.zcard(key) for key in keys)

@@ -144,7 +144,9 @@ class RedisPrefixIndex:
     for, chooses and records; a release is sent without waiting; keys expire when no
     longer written."""
 
-    def __init__(self, url: str, prefix: str = "inferegator:px:", ttl_s: int = 86400,
+    # The prefix names the keys' layout (px2: the counter inside the pages hash), so that
+    # replicas of an older layout during a rolling upgrade keep an index of their own.
+    def __init__(self, url: str, prefix: str = "inferegator:px2:", ttl_s: int = 86400,
                  timeout_s: float = 0.5):
         self._redis = open_scripts(url, (ROUTE,), timeout_s)
         self.prefix = prefix
