@@ -6,20 +6,22 @@ prefix index, shared through Redis by every worker and replica (``index: auto`` 
 rate limiter's Redis when it has one; else each worker keeps its own, in memory). Each
 candidate's expected prefill against the others, in tokens, is
 
-    (queued + load / slots) x mean uncached tokens per request - tokens it holds
+    (queued + (load + spread_weight x recent excess) / slots) x mean uncached tokens
+        per request - tokens it holds
 
 where slots are its running slots (SGLang's max_running_requests, as it reports them),
-queued is how far its load would pass them, and load is, with Redis, the requests every
+queued is how far its load would pass them, load is, with Redis, the requests every
 replica has routed there and not yet finished, counted in Redis (in memory, the
-backend's load as this worker sees it). The cheapest runtime whose load is under the
-fairness cap, ceil((1 + balance_epsilon) x (total load + 1) / n), gets the request; equal
-costs go to the less loaded; a hot prefix that would push its runtime past the cap goes
-to the next cheapest, and is recorded there too, so the prefix then lives on both. The
-choice and its record are one step in the index (one Redis script call), so replicas
-never place a prompt on the strength of stale entries. A runtime that restarts, is
-drained or flushed (its ``cache_epoch`` moves) has its entries cleared. If the index
-cannot be reached, the policy routes by a bounded-load ring over the prompt's first page
-(as ``cache_aware`` does, without state) until it can.
+backend's load as this worker sees it), and recent excess the requests routed there
+lately (decayed, half-life spread_half_life_s) above the runtimes' mean. The cheapest
+runtime whose load is under the fairness cap, ceil((1 + balance_epsilon) x (total load +
+1) / n), gets the request; equal costs go to the less loaded; a hot prefix that would
+push its runtime past the cap goes to the next cheapest, and is recorded there too, so
+the prefix then lives on both. The choice and its record are one step in the index (one
+Redis script call), so replicas never place a prompt on the strength of stale entries. A
+runtime that restarts, is drained or flushed (its ``cache_epoch`` moves) has its entries
+cleared. If the index cannot be reached, the policy routes by a bounded-load ring over
+the prompt's first page (as ``cache_aware`` does, without state) until it can.
 """
 
 import json
@@ -105,6 +107,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         "max_pages": Option(2048, int, 1),
         "chars_per_token": Option(4.0, float, 0.5),
         "balance_epsilon": Option(0.5, float, 0.0),
+        "spread_weight": Option(0.5, float, 0.0),
+        "spread_half_life_s": Option(10.0, float, 0.1),
         "cache_capacity_tokens": Option(0, int, 0),
         "virtual_nodes": Option(160, int, 1),
     }
@@ -151,7 +155,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         runtimes = [self.weighed(b, tie()) for b in primaries]
         token = os.urandom(8).hex()  # the request's entry among the runtime's in flight
         costs = Costs(self.page_chars, self.chars_per_token, self.mean_uncached, self.epsilon,
-                      self.lease_s)
+                      self.lease_s, self.settings["spread_weight"],
+                      self.settings["spread_half_life_s"])
         try:
             self._clear_restarted(primaries, runtimes)
             route = self.index.route(runtimes, pages, token, costs)

@@ -107,6 +107,34 @@ def test_pages_age_out_as_a_runtime_of_that_capacity_would_evict_them(index):
     assert fleet.route(new)[1] == [0]
 
 
+def test_recent_requests_lean_the_choice_between_equal_holders(index):
+    fleet = Fleet(index, ["r1", "r2"], slots=8)
+    system = list(range(300, 306))  # a shared system prompt's cuts
+
+    def sequence(costs, prompts):
+        chosen = []
+        for pages in prompts:
+            chosen.append(fleet.route(pages, prefer=0, costs=costs)[0])
+            fleet.release_all()
+        return chosen
+
+    # Without the lean, equal choices all go to the tie break's favourite.
+    assert sequence(COSTS, [list(range(i * 10, i * 10 + 3)) for i in range(4)]) == [0] * 4
+    assert sequence(COSTS, [system]) == [0]
+    # With it, a recent request above the mean weighs 100 / 8 tokens: the next new prompts,
+    # and the next users of the system prompt once r2 holds it too, go where fewer went.
+    lean = COSTS._replace(spread_weight=1.0)
+    assert sequence(lean, [list(range(900, 903)), list(range(910, 913))]) == [1, 1]
+    assert sequence(lean, [system]) == [1]  # r1 holds it, but 5 requests went there
+    # 5 went to r1, 3 to r2: new users of the prompt even that out (7 each), then alternate.
+    chosen = sequence(lean, [system + [1000 + i] for i in range(6)])
+    assert chosen[:2] == [1, 1] and sorted(chosen) == [0, 0, 1, 1, 1, 1]
+    # A conversation's history (its held tokens) outweighs the lean.
+    history = system + list(range(2000, 2010))
+    assert sequence(COSTS, [history]) == [0]
+    assert sequence(lean, [history + [7], history + [7, 8]]) == [0, 0]
+
+
 def test_the_fairness_cap_passes_over_the_holder(index):
     fleet = Fleet(index, ["r1", "r2", "r3"], slots=8)
     hot = list(range(50))

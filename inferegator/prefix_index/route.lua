@@ -1,45 +1,47 @@
 -- Choose a runtime for one prompt and record the choice, in one step, so that every
 -- worker and replica sharing this Redis sees each choice before making the next one.
--- KEYS: per runtime, its pages (hash: page hash -> counter when last sent, and field "n",
---       the counter: bytes of prompt text sent there that it did not hold) and its
+-- KEYS: per runtime, its pages (hash: page hash -> counter when last sent; field "n",
+--       the counter: bytes of prompt text sent there that it did not hold; fields "r"
+--       and "t", the requests routed there lately, decayed to Redis time t) and its
 --       in-flight set (sorted set: request id -> lease end, Redis time; those past their
 --       lease are dropped now and then, below), in that order.
 -- ARGV: 1 the page count n, 2 the request id, 3 its lease (s), 4 the keys' lifetime (s),
 --       5 bytes per page, 6 bytes per token, 7 a queued request's wait in tokens,
---       8 balance epsilon,
+--       8 balance epsilon, 9 spread weight, 10 the recent requests' half-life (s),
 --       then per runtime its cache's capacity (bytes of text), running slots and
 --       tie-break number,
 --       then the n page hashes as one string of 8 bytes each.
--- Returns the runtimes best first (1-based), then per runtime the pages it held and its
--- requests in flight. stores.rank is this choice in Python (the memory store's).
+-- Returns the runtimes best first (1-based), then per runtime the pages it held, its
+-- requests in flight and its recent requests (a string: a decayed count).
+-- stores.rank is this choice in Python (the memory store's).
 local n, id, lease, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local page_chars, chars_per_token = tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue_cost, epsilon = tonumber(ARGV[7]), tonumber(ARGV[8])
+local spread_weight, half_life = tonumber(ARGV[9]), tonumber(ARGV[10])
 local count = #KEYS / 2
-local hashes = ARGV[9 + 3 * count]
+local hashes = ARGV[11 + 3 * count]
 local page = {}
 for i = 1, n do page[i] = string.sub(hashes, 8 * i - 7, 8 * i) end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
-local held, loads, counters, total = {}, {}, {}, 0
+local held, loads, counters, recent, total, all_recent = {}, {}, {}, {}, 0, 0
 for r = 1, count do
   local pages, flight = KEYS[2 * r - 1], KEYS[2 * r]
   -- A page is held while less than capacity (bytes) of new text was sent after it (LRU).
   -- Pages are sent as whole prefixes, so the held ones are a prefix: a binary search,
-  -- after the first page, asked for with the counter (most runtimes hold none of a prompt).
+  -- after the first page, asked for with the counters (most runtimes hold none of a prompt).
   local lo, hi = 0, n
-  if n > 0 then
-    local first = redis.call('HMGET', pages, 'n', page[1])
-    counters[r] = tonumber(first[1] or '0')
-    local oldest = counters[r] - tonumber(ARGV[6 + 3 * r])
-    if first[2] and tonumber(first[2]) > oldest then lo = 1 else hi = 0 end
-    while lo < hi do
-      local mid = math.floor((lo + hi + 1) / 2)
-      local sent = redis.call('HGET', pages, page[mid])
-      if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
-    end
-  else
-    counters[r] = tonumber(redis.call('HGET', pages, 'n') or '0')
+  local first = redis.call('HMGET', pages, 'n', 'r', 't', page[1] or 'n')
+  counters[r] = tonumber(first[1] or '0')
+  local since = now - tonumber(first[3] or now)
+  recent[r] = tonumber(first[2] or '0') * 0.5 ^ (math.max(0, since) / half_life)
+  all_recent = all_recent + recent[r]
+  local oldest = counters[r] - tonumber(ARGV[8 + 3 * r])
+  if n > 0 and first[4] and tonumber(first[4]) > oldest then lo = 1 else hi = 0 end
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    local sent = redis.call('HGET', pages, page[mid])
+    if sent and tonumber(sent) > oldest then lo = mid else hi = mid - 1 end
   end
   held[r] = lo
   loads[r] = redis.call('ZCARD', flight)
@@ -54,15 +56,18 @@ local function covered(h)
 end
 -- Expected prefill against the others, in tokens: a mean prefill per request that would
 -- queue past the runtime's running slots, a share (1 / slots) of one per request running
--- there, less the tokens it holds; runtimes at the fairness cap go last.
+-- there and spread_weight such shares per recent request above the mean, less the
+-- tokens it holds; runtimes at the fairness cap go last.
 local bound = math.ceil((1 + epsilon) * (total + 1) / count - 1e-9)
+local mean_recent = all_recent / count
 local keyed, order = {}, {}
 for r = 1, count do
-  local slots = tonumber(ARGV[7 + 3 * r])
+  local slots = tonumber(ARGV[9 + 3 * r])
   local queued = math.max(0, loads[r] + 1 - slots)
-  local cost = queued * queue_cost + loads[r] * queue_cost / slots
+  local busy = loads[r] + spread_weight * (recent[r] - mean_recent)
+  local cost = queued * queue_cost + busy * queue_cost / slots
   keyed[r] = {loads[r] >= bound and 1 or 0, cost - covered(held[r]) / chars_per_token,
-              loads[r], tonumber(ARGV[8 + 3 * r]), r}
+              loads[r], tonumber(ARGV[10 + 3 * r]), r}
   order[r] = r
 end
 table.sort(order, function(a, b)
@@ -77,7 +82,7 @@ end)
 -- distance earlier (a radix cache evicts a path's leaves first).
 local chosen = order[1]
 local pages, flight = KEYS[2 * chosen - 1], KEYS[2 * chosen]
-local have, capacity = held[chosen], tonumber(ARGV[6 + 3 * chosen])
+local have, capacity = held[chosen], tonumber(ARGV[8 + 3 * chosen])
 local added = covered(n) - covered(have)
 local sent = counters[chosen] + added
 local first_new = covered(have + 1)
@@ -88,7 +93,7 @@ local function in_batches(command, key, items)
   end
 end
 local now_sent = tostring(sent)  -- converted once: most pages take this value
-local fields = {'n', now_sent}
+local fields = {'n', now_sent, 'r', tostring(recent[chosen] + 1), 't', tostring(now)}
 for i = 1, n do
   local distance = covered(i) - first_new
   fields[#fields + 1] = page[i]
@@ -100,7 +105,7 @@ in_batches('HSET', pages, fields)
 if math.floor(sent / capacity) > math.floor((sent - added) / capacity) then
   local all, gone, oldest = redis.call('HGETALL', pages), {}, sent - capacity
   for i = 1, #all, 2 do
-    if all[i] ~= 'n' and tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
+    if #all[i] == 8 and tonumber(all[i + 1]) <= oldest then gone[#gone + 1] = all[i] end
   end
   in_batches('HDEL', pages, gone)
 end
@@ -116,4 +121,5 @@ local reply = {}
 for r = 1, count do reply[r] = order[r] end
 for r = 1, count do reply[count + r] = held[r] end
 for r = 1, count do reply[2 * count + r] = loads[r] end
+for r = 1, count do reply[3 * count + r] = tostring(recent[r]) end
 return reply

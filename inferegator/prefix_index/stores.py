@@ -2,14 +2,16 @@
 
 Both keep, per runtime, each page sent there with the runtime's counter at that time (the
 bytes of text sent there that it did not hold yet), a prompt's new pages their distance
-apart, its last page oldest. A page is taken to be held while less than the runtime's
-capacity (in bytes of text) came after it: a radix cache evicts the least recently used
-leaves first. Both answer:
+apart, its last page oldest, and a count of the requests routed there lately (halved
+every ``costs.spread_half_life_s``). A page is taken to be held while less than the
+runtime's capacity (in bytes of text) came after it: a radix cache evicts the least
+recently used leaves first. Both answer:
 
 - ``route(runtimes, pages, request_id, costs)``: choose where the prompt goes (``rank``)
   and record that its pages were sent there, in one step; a ``Route``;
 - ``release(runtime, request_id)``: that request is over (its answer ended);
-- ``clear(runtime)``: forget the runtime's pages (it restarted, flushed or was drained).
+- ``clear(runtime)``: forget the runtime's pages and recent requests (it restarted,
+  flushed or was drained).
 
 The loads the choice weighs differ: the memory store takes the caller's (the backend's
 load as this worker sees it); the Redis store counts the requests routed there and not
@@ -20,6 +22,7 @@ replicas that share it see the same loads and make the same choice.
 import math
 import pathlib
 import struct
+import time
 from typing import NamedTuple
 
 from ..redis_scripts import Script, open_scripts
@@ -46,6 +49,8 @@ class Costs(NamedTuple):
     queue_tokens: float  # what one request queued ahead costs, in tokens of prefill
     epsilon: float  # fairness cap: no runtime past (1 + epsilon) x the mean load
     lease_s: float  # how long a request counts as in flight if never released
+    spread_weight: float = 0.0  # a recent request above the mean counts this much load
+    spread_half_life_s: float = 10.0  # how fast the recent requests are forgotten
 
 
 class Route(NamedTuple):
@@ -54,40 +59,53 @@ class Route(NamedTuple):
     order: list[int]  # indexes into the runtimes given, best first
     held: list[int]  # per runtime, the leading pages it holds
     loads: list[float]  # per runtime, the load weighed
+    recent: list[float]  # per runtime, the requests routed there lately (decayed)
 
 
-def rank(held: list[int], loads: list[float], runtimes: list[Runtime],
+def rank(held: list[int], loads: list[float], recent: list[float], runtimes: list[Runtime],
          costs: Costs) -> list[int]:
     """Runtimes best first: those under the fairness cap, then by expected prefill
     against the others, then load, then the tie number. The expected prefill, in tokens:
     a queued request's for each request that would wait past its running slots, a share
-    of one (1 / slots) for each request running there (they split its rounds), less the
-    tokens its held pages cover. route.lua makes the same choice in Redis."""
+    of one (1 / slots) for each request running there (they split its rounds), and for
+    each recent request above the runtime's mean ``spread_weight`` times such a share
+    (the choice among runtimes that hold the same prefix leans to the least used),
+    less the tokens its held pages cover. route.lua makes the same choice in Redis."""
     bound = math.ceil((1.0 + costs.epsilon) * (sum(loads) + 1) / len(loads) - 1e-9)
+    mean_recent = sum(recent) / len(recent)
     keyed = []
     per_request = costs.queue_tokens
-    for i, (have, load, runtime) in enumerate(zip(held, loads, runtimes)):
+    for i, (have, load, lately, runtime) in enumerate(zip(held, loads, recent, runtimes)):
         queued = max(0.0, load + 1 - runtime.slots)
         saved = covered_chars(have, costs.page_chars) / costs.chars_per_token
-        cost = queued * per_request + load * per_request / runtime.slots - saved
+        busy = load + costs.spread_weight * (lately - mean_recent)
+        cost = queued * per_request + busy * per_request / runtime.slots - saved
         keyed.append((load >= bound, cost, load, runtime.tie, i))
     keyed.sort()
     return [entry[-1] for entry in keyed]
 
 
 class _Pages:
-    __slots__ = ("sent", "counter")
+    __slots__ = ("sent", "counter", "recent", "recent_at")
 
     def __init__(self):
         self.sent: dict[int, int] = {}  # page hash -> counter when last sent
         self.counter = 0  # bytes of text sent that the runtime did not hold
+        self.recent = 0.0  # requests routed here, decayed to recent_at
+        self.recent_at = 0.0
+
+
+def decayed(count: float, since: float, now: float, half_life_s: float) -> float:
+    """A count of requests, halved for every ``half_life_s`` since it was last added to."""
+    return count * 0.5 ** (max(0.0, now - since) / half_life_s)
 
 
 class MemoryPrefixIndex:
     """The index of one process (one gunicorn worker; gevent: no locks needed)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.monotonic):
         self._runtimes: dict[str, _Pages] = {}
+        self._clock = clock
 
     def held(self, runtime: Runtime, pages: list[int]) -> int:
         """How many leading pages the runtime holds."""
@@ -108,13 +126,19 @@ class MemoryPrefixIndex:
               costs: Costs) -> Route:
         held = [self.held(runtime, pages) for runtime in runtimes]
         loads = [runtime.load for runtime in runtimes]
-        order = rank(held, loads, runtimes, costs)
+        now, empty = self._clock(), _Pages()
+        states = [self._runtimes.get(runtime.name, empty) for runtime in runtimes]
+        recent = [decayed(state.recent, state.recent_at, now, costs.spread_half_life_s)
+                  for state in states]
+        order = rank(held, loads, recent, runtimes, costs)
         chosen = runtimes[order[0]]
-        self._record(chosen.name, chosen.capacity, held[order[0]], pages, costs.page_chars)
-        return Route(order, held, loads)
+        state = self._record(chosen.name, chosen.capacity, held[order[0]], pages,
+                             costs.page_chars)
+        state.recent, state.recent_at = recent[order[0]] + 1, now
+        return Route(order, held, loads, recent)
 
     def _record(self, name: str, capacity: int, held: int, pages: list[int],
-                page_chars: int) -> None:
+                page_chars: int) -> _Pages:
         state = self._runtimes.get(name)
         if state is None:
             state = self._runtimes[name] = _Pages()
@@ -128,6 +152,7 @@ class MemoryPrefixIndex:
         if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
             oldest = now - capacity
             state.sent = {page: at for page, at in sent.items() if at > oldest}
+        return state
 
     def release(self, runtime: str, request_id: str) -> None:
         pass  # the caller's loads count its requests already
@@ -165,12 +190,14 @@ class RedisPrefixIndex:
         reply = self._redis.run(ROUTE, keys, [
             len(pages), request_id, repr(float(costs.lease_s)), self.ttl_s,
             costs.page_chars, repr(float(costs.chars_per_token)),
-            repr(float(costs.queue_tokens)), repr(float(costs.epsilon)), *per_runtime,
-            _packed(pages)])
+            repr(float(costs.queue_tokens)), repr(float(costs.epsilon)),
+            repr(float(costs.spread_weight)), repr(float(costs.spread_half_life_s)),
+            *per_runtime, _packed(pages)])
         count = len(runtimes)
         return Route([int(i) - 1 for i in reply[:count]],
                      [int(v) for v in reply[count:2 * count]],
-                     [float(v) for v in reply[2 * count:]])
+                     [float(v) for v in reply[2 * count:3 * count]],
+                     [float(v) for v in reply[3 * count:]])
 
     def release(self, runtime: str, request_id: str) -> None:
         self._redis.send_command("ZREM", self._keys(runtime)[1], request_id)
