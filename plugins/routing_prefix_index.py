@@ -120,6 +120,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         self.max_pages = settings["max_pages"]
         self.chars_per_token = settings["chars_per_token"]
         self.epsilon = settings["balance_epsilon"]
+        self.spread_weight = settings["spread_weight"]
+        self.spread_half_life_s = settings["spread_half_life_s"]
         primaries = self.split_roles(model.backends)[0]
         self.ring = HashRing(primaries, settings["virtual_nodes"])  # while the index is down
         # A request never released (its replica died) stops counting after its deadline.
@@ -155,8 +157,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         runtimes = [self.weighed(b, tie()) for b in primaries]
         token = os.urandom(8).hex()  # the request's entry among the runtime's in flight
         costs = Costs(self.page_chars, self.chars_per_token, self.mean_uncached, self.epsilon,
-                      self.lease_s, self.settings["spread_weight"],
-                      self.settings["spread_half_life_s"])
+                      self.lease_s, self.spread_weight, self.spread_half_life_s)
         try:
             self._clear_restarted(primaries, runtimes)
             route = self.index.route(runtimes, pages, token, costs)

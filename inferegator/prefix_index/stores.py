@@ -86,6 +86,8 @@ def rank(held: list[int], loads: list[float], recent: list[float], runtimes: lis
 
 
 class _Pages:
+    """One runtime's pages and recent requests, in memory."""
+
     __slots__ = ("sent", "counter", "recent", "recent_at")
 
     def __init__(self):
@@ -93,6 +95,31 @@ class _Pages:
         self.counter = 0  # bytes of text sent that the runtime did not hold
         self.recent = 0.0  # requests routed here, decayed to recent_at
         self.recent_at = 0.0
+
+    def held(self, capacity: int, pages: list[int]) -> int:
+        """How many leading pages the runtime holds."""
+        sent, oldest = self.sent, self.counter - capacity
+        lo, hi = 0, len(pages)
+        while lo < hi:  # held pages are a prefix (route.lua says why)
+            mid = (lo + hi + 1) // 2
+            if sent.get(pages[mid - 1], oldest) > oldest:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def record(self, capacity: int, held: int, pages: list[int], page_chars: int) -> None:
+        """The pages were sent here, ``held`` of them already held."""
+        added = covered_chars(len(pages), page_chars) - covered_chars(held, page_chars)
+        before = self.counter
+        self.counter += added
+        now, sent = self.counter, self.sent
+        first_new = covered_chars(held + 1, page_chars)
+        for i, page in enumerate(pages, 1):  # as route.lua: a path's leaves age first
+            sent[page] = now - max(0, covered_chars(i, page_chars) - first_new)
+        if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
+            oldest = now - capacity
+            self.sent = {page: at for page, at in sent.items() if at > oldest}
 
 
 def decayed(count: float, since: float, now: float, half_life_s: float) -> float:
@@ -107,52 +134,22 @@ class MemoryPrefixIndex:
         self._runtimes: dict[str, _Pages] = {}
         self._clock = clock
 
-    def held(self, runtime: Runtime, pages: list[int]) -> int:
-        """How many leading pages the runtime holds."""
-        state = self._runtimes.get(runtime.name)
-        if state is None:
-            return 0
-        sent, oldest = state.sent, state.counter - runtime.capacity
-        lo, hi = 0, len(pages)
-        while lo < hi:  # held pages are a prefix (route.lua says why)
-            mid = (lo + hi + 1) // 2
-            if sent.get(pages[mid - 1], oldest) > oldest:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
     def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
               costs: Costs) -> Route:
-        held = [self.held(runtime, pages) for runtime in runtimes]
-        loads = [runtime.load for runtime in runtimes]
-        now, empty = self._clock(), _Pages()
-        states = [self._runtimes.get(runtime.name, empty) for runtime in runtimes]
+        now = self._clock()
+        states = [self._runtimes.get(runtime.name) for runtime in runtimes]
+        held = [state.held(runtime.capacity, pages) if state else 0
+                for state, runtime in zip(states, runtimes)]
         recent = [decayed(state.recent, state.recent_at, now, costs.spread_half_life_s)
-                  for state in states]
+                  if state else 0.0 for state in states]
+        loads = [runtime.load for runtime in runtimes]
         order = rank(held, loads, recent, runtimes, costs)
-        chosen = runtimes[order[0]]
-        state = self._record(chosen.name, chosen.capacity, held[order[0]], pages,
-                             costs.page_chars)
-        state.recent, state.recent_at = recent[order[0]] + 1, now
+        first = order[0]
+        chosen = runtimes[first]
+        state = states[first] or self._runtimes.setdefault(chosen.name, _Pages())
+        state.record(chosen.capacity, held[first], pages, costs.page_chars)
+        state.recent, state.recent_at = recent[first] + 1, now
         return Route(order, held, loads, recent)
-
-    def _record(self, name: str, capacity: int, held: int, pages: list[int],
-                page_chars: int) -> _Pages:
-        state = self._runtimes.get(name)
-        if state is None:
-            state = self._runtimes[name] = _Pages()
-        added = covered_chars(len(pages), page_chars) - covered_chars(held, page_chars)
-        before = state.counter
-        state.counter += added
-        now, sent = state.counter, state.sent
-        first_new = covered_chars(held + 1, page_chars)
-        for i, page in enumerate(pages, 1):  # as route.lua: a path's leaves age first
-            sent[page] = now - max(0, covered_chars(i, page_chars) - first_new)
-        if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
-            oldest = now - capacity
-            state.sent = {page: at for page, at in sent.items() if at > oldest}
-        return state
 
     def release(self, runtime: str, request_id: str) -> None:
         pass  # the caller's loads count its requests already
