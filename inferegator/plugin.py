@@ -46,7 +46,14 @@ from .outcome import (
     Usage,
 )
 from .periodic import every
-from .prefix_index.pages import covered_chars, first_page_hash, page_hashes
+from .prefix_index.copies import copy_target, shared_head
+from .prefix_index.pages import (
+    covered_chars,
+    cuts_within,
+    first_page_hash,
+    page_hashes,
+    prompt_ends,
+)
 from .prefix_index.stores import Costs, Runtime, open_prefix_index
 from .ratelimit.limiter import RateLimiter
 from .ratelimit.stores import open_window_store
@@ -82,6 +89,7 @@ __all__ = [
     "by_load", "content_texts", "RateLimiter", "open_window_store", "validate", "LIMIT_FIELDS",
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
     "may_use", "every", "page_hashes", "covered_chars", "first_page_hash", "open_prefix_index",
-    "Runtime", "Costs", "HashRing", "stable_hash",
+    "Runtime", "Costs", "HashRing", "stable_hash", "cuts_within", "shared_head", "copy_target",
+    "prompt_ends",
     "StoreUnavailable",
 ]

@@ -22,12 +22,18 @@ Redis script call), so replicas never place a prompt on the strength of stale en
 runtime that restarts, is drained or flushed (its ``cache_epoch`` moves) has its entries
 cleared. If the index cannot be reached, the policy routes by a bounded-load ring over
 the prompt's first page (as ``cache_aware`` does, without state) until it can.
+
+A system prompt that one runtime holds and too many new conversations open with is
+copied: the gateway prefills it on the least used runtime without it and records it
+there (inferegator.prefix_index.copies says when), so its next users can split.
 """
 
 import json
 import logging
 import os
 import time
+
+import gevent
 
 from inferegator.plugin import (
     CHAT,
@@ -40,11 +46,15 @@ from inferegator.plugin import (
     Runtime,
     StoreUnavailable,
     content_texts,
+    copy_target,
     covered_chars,
+    cuts_within,
     first_page_hash,
     hookimpl,
     open_prefix_index,
     page_hashes,
+    prompt_ends,
+    shared_head,
     stable_hash,
 )
 
@@ -54,26 +64,38 @@ DEFAULT_CAPACITY_TOKENS = 1_000_000  # a runtime that does not report its cache 
 DEFAULT_SLOTS = 1  # nor its running cap: every request in flight counts as queued
 WARN_EVERY_S = 10.0
 RETRY_AFTER_S = 1.0  # after the index failed, route by the ring this long before asking again
+MIN_COPY_CUTS = 5  # a head shorter than one page (the first four cuts) is not worth a copy
 
 
-def _messages_text(messages) -> str:
-    """Each message as role, content and tool calls, in order: a conversation's next turn
-    renders to this turn's text followed by the new messages."""
-    pieces = []
+def _messages_text(messages, head: str = "") -> tuple[str, int]:
+    """Each message as role, content and tool calls, in order, after ``head``: a
+    conversation's next turn renders to this turn's text followed by the new messages.
+    With it, where the last answer starts, in bytes (0: none): the previous turn's end."""
+    pieces, answer = [head], 0
     for message in messages:
         if not isinstance(message, dict):
             continue
-        pieces.append(f"<|{message.get('role')}|>{''.join(content_texts(message.get('content')))}")
+        role = message.get("role")
+        if role == "assistant":
+            answer = len(pieces)
+        pieces.append(f"<|{role}|>{''.join(content_texts(message.get('content')))}")
         calls = message.get("tool_calls")
         if calls:
             pieces.append(json.dumps(calls, sort_keys=True, default=str))
         pieces.append("\n")
-    return "".join(pieces)
+    previous = len("".join(pieces[:answer]).encode("utf-8", "surrogatepass")) if answer else 0
+    return "".join(pieces), previous
 
 
 def prompt_text(endpoint: str, body: dict) -> str:
     """The prompt of a request as one text (what the runtime caches, give or take its
     chat template), stable from one turn to the next."""
+    return prompt_turn(endpoint, body)[0]
+
+
+def prompt_turn(endpoint: str, body: dict) -> tuple[str, int]:
+    """The prompt's text and where the previous turn's prompt ended in it, in bytes (0:
+    not a conversation's later turn)."""
     if endpoint == CHAT:
         return _messages_text(body.get("messages") or ())
     if endpoint == RESPONSES:
@@ -82,7 +104,12 @@ def prompt_text(endpoint: str, body: dict) -> str:
             items = [{"role": "user", "content": items}]
         instructions = body.get("instructions")
         head = f"<|system|>{instructions}\n" if isinstance(instructions, str) else ""
-        return head + _messages_text(items if isinstance(items, list) else ())
+        return _messages_text(items if isinstance(items, list) else (), head)
+    return _single_prompt(endpoint, body), 0
+
+
+def _single_prompt(endpoint: str, body: dict) -> str:
+    """The prompt of a request that is not a conversation."""
     if endpoint == GENERATE:
         prompt = body.get("text") if body.get("text") is not None else body.get("input_ids")
     elif "query" in body:
@@ -109,6 +136,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         "balance_epsilon": Option(0.5, float, 0.0),
         "spread_weight": Option(0.5, float, 0.0),
         "spread_half_life_s": Option(10.0, float, 0.1),
+        "copy_hot_prefixes": Option(True, bool),
+        "copy_above": Option(0.2, float, 0.0),
         "cache_capacity_tokens": Option(0, int, 0),
         "virtual_nodes": Option(160, int, 1),
     }
@@ -122,6 +151,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
         self.epsilon = settings["balance_epsilon"]
         self.spread_weight = settings["spread_weight"]
         self.spread_half_life_s = settings["spread_half_life_s"]
+        self.copy_hot_prefixes = settings["copy_hot_prefixes"]
+        self.copy_above = settings["copy_above"]
         primaries = self.split_roles(model.backends)[0]
         self.ring = HashRing(primaries, settings["virtual_nodes"])  # while the index is down
         # A request never released (its replica died) stops counting after its deadline.
@@ -149,7 +180,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         primaries, fallbacks = self.split_roles(candidates)
         if len(primaries) < 2 or self.index is None:
             return primaries + fallbacks
-        text = prompt_text(request.endpoint, request.body)
+        text, previous_chars = prompt_turn(request.endpoint, request.body)
         pages = page_hashes(text, self.page_chars, self.max_pages)
         if time.monotonic() < self._down_until:
             return self._by_ring(text, pages, primaries) + fallbacks
@@ -160,17 +191,70 @@ class PrefixIndexPolicy(RandomizedPolicy):
                       self.lease_s, self.spread_weight, self.spread_half_life_s)
         try:
             self._clear_restarted(primaries, runtimes)
-            route = self.index.route(runtimes, pages, token, costs)
+            route = self.index.route(runtimes, pages, token, costs,
+                                     prompt_ends(text, previous_chars))
         except StoreUnavailable as exc:
             self._down_until = time.monotonic() + RETRY_AFTER_S
             self._warn(exc)
             return self._by_ring(text, pages, primaries) + fallbacks
         chosen = route.order[0]
         request.plugin_data[NAME] = (self.index, runtimes[chosen].name, token)
-        held_chars = covered_chars(route.held[chosen], self.page_chars)
-        uncached = max(0, len(text) - held_chars) / self.chars_per_token
+        uncached = max(0, len(text) - route.held_chars[chosen]) / self.chars_per_token
         self.mean_uncached += 0.05 * (uncached - self.mean_uncached)
+        if self.copy_hot_prefixes and request.endpoint == CHAT:
+            self._copy_if_hot(request.body.get("messages"), pages, route, primaries,
+                              runtimes, costs)
         return [primaries[i] for i in route.order] + fallbacks
+
+    def _copy_if_hot(self, messages, pages, route, primaries, runtimes, costs) -> None:
+        """Start a copy of the conversation's system prompt to another runtime if its
+        holder gets too many requests (inferegator.prefix_index.copies)."""
+        head = shared_head(messages)
+        if head is None:
+            return
+        head_text = _messages_text(head)[0]
+        cuts = cuts_within(len(head_text.encode("utf-8", "surrogatepass")), self.page_chars)
+        if cuts < MIN_COPY_CUTS or cuts > len(pages):
+            return
+        target = copy_target(route.held, route.recent, cuts, route.order[0], self.copy_above)
+        if target is None:
+            return
+        runtime = runtimes[target]
+        try:  # one copy to a runtime per half-life: the time its counts take to show it
+            if not self.index.claim(f"copy:{runtime.name}", self.spread_half_life_s):
+                return
+        except StoreUnavailable:
+            return
+        gevent.spawn(self._copy, primaries[target], runtime, head, pages[:cuts], costs,
+                     route.recent)
+
+    def _copy(self, backend, runtime: Runtime, head: list, pages: list[int], costs: Costs,
+              recent: list[float]) -> None:
+        """Prefill the head on the backend (one answer token), then record it there."""
+        body = {"model": backend.upstream_model, "messages": head, "max_tokens": 1}
+        try:
+            response = backend.post(CHAT, body, {})
+            try:
+                response.preload(None)  # the whole answer: the head is prefilled
+            finally:
+                response.close()
+        except Exception as exc:  # a copy is an optimisation: never worth more than a line
+            log.warning("model %s: copying a shared prefix to %s failed: %s",
+                        self.model.id, backend.name, exc)
+            return
+        if response.status_code != 200:
+            log.warning("model %s: copying a shared prefix to %s: HTTP %d", self.model.id,
+                        backend.name, response.status_code)
+            return
+        token = os.urandom(8).hex()
+        try:
+            self.index.route([runtime], pages, token, costs)  # records the pages there
+            self.index.release(runtime.name, token)
+        except StoreUnavailable:
+            return
+        log.info("model %s: copied a shared prefix of %d bytes to %s (recent requests per "
+                 "runtime %s)", self.model.id, covered_chars(len(pages), self.page_chars),
+                 backend.name, ", ".join(f"{r:.1f}" for r in recent))
 
     def _by_ring(self, text: str, pages: list[int], primaries: list) -> list:
         """The bounded-load ring keyed by the prompt's first page (its hash at the first

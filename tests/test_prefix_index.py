@@ -8,7 +8,8 @@ import pytest
 import requests
 from inferegator_plugins.routing_prefix_index import prompt_text
 
-from inferegator.prefix_index.pages import page_hashes
+from inferegator.prefix_index.copies import copy_target, shared_head
+from inferegator.prefix_index.pages import Ends, cuts_within, page_hashes
 from inferegator.prefix_index.stores import Costs, MemoryPrefixIndex, RedisPrefixIndex, Runtime
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision
 from tests.support.processes import wait_until
@@ -59,10 +60,14 @@ class Fleet:
         self.loads = [0] * len(names)
         self.routed = []  # (runtime index, token) not released yet
 
+    def runtimes(self, prefer=0):
+        """The runtimes as the index weighs them; equal choices go to runtime ``prefer``."""
+        return [Runtime(name, self.capacity, self.slots, load, 0.0 if i == prefer else 0.5)
+                for i, (name, load) in enumerate(zip(self.names, self.loads))]
+
     def route(self, pages, prefer=0, costs=COSTS):
         """Route pages; equal choices go to runtime ``prefer``. (chosen, held per runtime)."""
-        runtimes = [Runtime(name, self.capacity, self.slots, load, 0.0 if i == prefer else 0.5)
-                    for i, (name, load) in enumerate(zip(self.names, self.loads))]
+        runtimes = self.runtimes(prefer)
         token = f"t{len(self.routed)}-{sum(self.loads)}"
         route = self.index.route(runtimes, pages, token, costs)
         chosen = route.order[0]
@@ -121,18 +126,48 @@ def test_recent_requests_lean_the_choice_between_equal_holders(index):
     # Without the lean, equal choices all go to the tie break's favourite.
     assert sequence(COSTS, [list(range(i * 10, i * 10 + 3)) for i in range(4)]) == [0] * 4
     assert sequence(COSTS, [system]) == [0]
-    # With it, a recent request above the mean weighs 100 / 8 tokens: the next new prompts,
-    # and the next users of the system prompt once r2 holds it too, go where fewer went.
+    # With it, a recent request above the mean weighs 100 / 8 tokens: new prompts go
+    # where fewer went.
     lean = COSTS._replace(spread_weight=1.0)
     assert sequence(lean, [list(range(900, 903)), list(range(910, 913))]) == [1, 1]
-    assert sequence(lean, [system]) == [1]  # r1 holds it, but 5 requests went there
-    # 5 went to r1, 3 to r2: new users of the prompt even that out (7 each), then alternate.
-    chosen = sequence(lean, [system + [1000 + i] for i in range(6)])
-    assert chosen[:2] == [1, 1] and sorted(chosen) == [0, 0, 1, 1, 1, 1]
-    # A conversation's history (its held tokens) outweighs the lean.
+    # r1 alone holds the system prompt: the lean does not take its users elsewhere.
+    assert sequence(lean, [system + [1000]]) == [0]  # 6 to r1, 2 to r2
+    # Once r2 holds it too (a copy: 6 to r1, 3 to r2), its new users go where fewer went
+    # until the counts are even, then alternate.
+    copy = index.route([Runtime("r2", 1000, 8, 0, 0.0)], system, "copy", lean)
+    index.release("r2", "copy")
+    assert copy.held == [0]
+    chosen = sequence(lean, [system + [1100 + i] for i in range(6)])
+    assert chosen[:3] == [1, 1, 1] and sorted(chosen[3:]) == [0, 0, 1], chosen
+    # A conversation's history (held by r1 alone) outweighs the lean.
     history = system + list(range(2000, 2010))
     assert sequence(COSTS, [history]) == [0]
     assert sequence(lean, [history + [7], history + [7, 8]]) == [0, 0]
+
+
+def test_a_previous_turn_is_found_by_its_end_within_a_page(index):
+    fleet = Fleet(index, ["r1", "r2"], slots=8)
+    lean = COSTS._replace(spread_weight=1.0)
+    system = list(range(300, 306))  # 6 cuts: 32 bytes (16-byte pages)
+    for runtime in ("r1", "r2"):  # both hold the system prompt
+        index.route([Runtime(runtime, 1000, 8, 0, 0.0)], system, "copy", lean)
+        index.release(runtime, "copy")
+    # Turn one, 10 bytes past the system prompt's last cut, goes to r1 (the tie), which
+    # records where it ended.
+    turn_one = Ends(own=77, previous=0, previous_chars=0)
+    assert index.route(fleet.runtimes(prefer=0), system, "t1", lean, turn_one).order[0] == 0
+    index.release("r1", "t1")
+    # Turn two (which cuts the same 6 pages) finds turn one's end on r1 alone: r1 holds
+    # 42 bytes, r2 32, so the lean toward r2 (fewer requests lately) no longer decides.
+    turn_two = Ends(own=78, previous=77, previous_chars=42)
+    route = index.route(fleet.runtimes(prefer=1), system, "t2", lean, turn_two)
+    assert route.held == [6, 6] and route.held_chars == [42, 32] and route.order[0] == 0
+    index.release("r1", "t2")
+    # Where the previous turn is not known, equal holders: the lean sends it to r2.
+    other = Ends(own=79, previous=1234, previous_chars=42)
+    route = index.route(fleet.runtimes(prefer=0), system, "t3", lean, other)
+    assert route.held_chars == [32, 32] and route.order[0] == 1
+    index.release("r2", "t3")
 
 
 def test_the_fairness_cap_passes_over_the_holder(index):
@@ -351,3 +386,60 @@ def test_a_request_stops_counting_as_load_when_its_client_leaves(start_sim, star
     _chat(gateway, [{"role": "user", "content": "And a whole answer."}])
     # Released once its answer ends (the hook runs after the last byte; the ZREM is sent).
     wait_until(lambda: in_flight() == 0, timeout=10, interval=0.05)
+
+
+def test_a_hot_system_prompt_is_copied_only_from_a_holder_past_its_share():
+    system = {"role": "system", "content": "Shared."}
+    user = {"role": "user", "content": "Hi."}
+    assert shared_head([system, user]) == [system]
+    assert shared_head([system, {"role": "developer", "content": "x"}, user])[1]["role"] \
+        == "developer"
+    # Not a first turn, no system prompt, nothing after it: nothing shared to copy.
+    assert shared_head([system, user, {"role": "assistant", "content": "Hello."}, user]) \
+        is None
+    assert shared_head([user]) is None and shared_head([system]) is None
+    assert shared_head("text") is None
+    # r0 alone holds the 6-cut head and got 5 of 6 recent requests (mean 2): copy it to
+    # the runtime without it that got the fewest.
+    assert copy_target([6, 0, 0], [5.0, 1.0, 0.0], 6, 0, 0.2) == 2
+    assert copy_target([6, 0, 0], [2.0, 2.0, 2.0], 6, 0, 0.2) is None  # its share
+    assert copy_target([6, 6, 0], [5.0, 1.0, 0.0], 6, 1, 0.2) is None  # r1, chosen, has room
+    assert copy_target([3, 0, 0], [5.0, 1.0, 0.0], 6, 0, 0.2) is None  # not held: new
+    assert copy_target([6, 6, 6], [9.0, 9.0, 0.0], 6, 0, 0.2) is None  # held everywhere
+    assert cuts_within(0, 256) == 0 and cuts_within(16, 256) == 1
+    assert cuts_within(255, 256) == 4 and cuts_within(256, 256) == 5
+    assert cuts_within(1000, 256) == 7
+
+
+def test_a_claim_is_held_once_until_it_ends(index):
+    assert index.claim("r1:abc", 30.0)
+    assert not index.claim("r1:abc", 30.0)
+    assert index.claim("r2:abc", 0.05)
+    wait_until(lambda: index.claim("r2:abc", 30.0), timeout=10, interval=0.02)
+
+
+def test_a_hot_system_prompt_is_copied_and_its_next_users_split(start_sim, start_gateway,
+                                                                 redis_server):
+    sims = [start_sim("--instant") for _ in range(3)]
+    gateway = start_gateway(gateway_yaml(sims, model_extra=["routing: prefix_index"],
+                                         ratelimit={"store": redis_server.url}),
+                            "--log-level", "info")
+    system = {"role": "system", "content": "The hot prompt. " + SYSTEM}
+    before = _served(sims)
+
+    def first_turn(user):
+        answer = _chat(gateway, [system, {"role": "user", "content": f"User {user} asks."}])
+        return answer["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+
+    def copies():
+        return [line for line in gateway.output().splitlines()
+                if "copied a shared prefix" in line]
+
+    cached = [first_turn(user) for user in range(3)]  # the third finds its holder busy
+    wait_until(copies, timeout=30, interval=0.05)
+    cached += [first_turn(user) for user in range(3, 9)]
+    # Nobody after the first paid for the system prompt: the copies were the gateway's.
+    assert cached[0] == 0 and cached[1] > 0 and set(cached[1:]) == {cached[1]}, cached
+    grew = [after - start for after, start in zip(_served(sims), before)]
+    assert sum(grew) == 9 + len(copies()), (grew, copies())
+    assert sorted(grew)[-2] >= 2, grew  # the users split over the prompt's holders

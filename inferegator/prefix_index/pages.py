@@ -7,9 +7,15 @@ cut four times on the way (at 1/16, 1/8, 1/4 and 1/2 of it) so that a short prom
 conversation's first turn, still has cuts its next turn can find. Cut i's hash covers the
 whole text up to cut i (a running CRC-32 and Adler-32, 64 bits), so equal hashes mean
 equal prefixes, and every process and replica computes the same ones.
+
+A conversation's next turn adds less than a page as often as not, so besides the cuts a
+prompt has two ``Ends``: the hash of its whole text, recorded with its pages, and the
+hash of the text up to where the previous turn's prompt ended, looked up with them: the
+runtime that served the previous turn is known to the byte.
 """
 
 import zlib
+from typing import NamedTuple
 
 SMALL_CUTS = 4  # cuts inside the first page (route.lua knows them too)
 
@@ -29,6 +35,16 @@ def covered_chars(held: int, page_chars: int) -> int:
     if held <= SMALL_CUTS:
         return page_chars >> (SMALL_CUTS + 1 - held) if held else 0
     return page_chars * (held - SMALL_CUTS)
+
+
+def cuts_within(size: int, page_chars: int) -> int:
+    """How many cuts a text of ``size`` bytes reaches: the leading hashes of any longer
+    text that starts with it are its own."""
+    cuts = 0
+    for cut in cut_offsets(page_chars):
+        if cut > size:
+            return cuts
+        cuts += 1
 
 
 def first_page_hash(hashes: list[int]) -> int:
@@ -51,3 +67,24 @@ def page_hashes(text: str, page_chars: int, max_pages: int) -> list[int]:
         hashes.append(crc << 32 | adler)
         start = cut
     return hashes
+
+
+class Ends(NamedTuple):
+    """A prompt's hash at its own end, and at the end of the previous turn's prompt."""
+
+    own: int
+    previous: int  # 0: no previous turn
+    previous_chars: int  # where it ended, in bytes
+
+
+def _hash(data) -> int:
+    return zlib.crc32(data) << 32 | zlib.adler32(data)
+
+
+def prompt_ends(text: str, previous_chars: int) -> Ends:
+    """The Ends of a text whose first ``previous_chars`` bytes were the previous turn's
+    prompt (0: none)."""
+    data = memoryview(text.encode("utf-8", "surrogatepass"))
+    if 0 < previous_chars < len(data):
+        return Ends(_hash(data), _hash(data[:previous_chars]), previous_chars)
+    return Ends(_hash(data), 0, 0)

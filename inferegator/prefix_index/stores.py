@@ -7,11 +7,14 @@ every ``costs.spread_half_life_s``). A page is taken to be held while less than 
 runtime's capacity (in bytes of text) came after it: a radix cache evicts the least
 recently used leaves first. Both answer:
 
-- ``route(runtimes, pages, request_id, costs)``: choose where the prompt goes (``rank``)
-  and record that its pages were sent there, in one step; a ``Route``;
+- ``route(runtimes, pages, request_id, costs, ends)``: choose where the prompt goes
+  (``rank``) and record that its pages (and its own end, ``pages.Ends``) were sent
+  there, in one step; a ``Route``;
 - ``release(runtime, request_id)``: that request is over (its answer ended);
 - ``clear(runtime)``: forget the runtime's pages and recent requests (it restarted,
-  flushed or was drained).
+  flushed or was drained);
+- ``claim(name, ttl_s)``: True for the first caller in ``ttl_s`` seconds (one copy of a
+  hot prefix at a time, inferegator.prefix_index.copies).
 
 The loads the choice weighs differ: the memory store takes the caller's (the backend's
 load as this worker sees it); the Redis store counts the requests routed there and not
@@ -26,7 +29,9 @@ import time
 from typing import NamedTuple
 
 from ..redis_scripts import Script, open_scripts
-from .pages import covered_chars
+from .pages import Ends, covered_chars
+
+NO_ENDS = Ends(0, 0, 0)
 
 ROUTE = Script.load(pathlib.Path(__file__).parent, "route.lua")
 
@@ -57,28 +62,35 @@ class Route(NamedTuple):
     """The index's answer for one request."""
 
     order: list[int]  # indexes into the runtimes given, best first
-    held: list[int]  # per runtime, the leading pages it holds
+    held: list[int]  # per runtime, the leading pages (cuts) it holds
     loads: list[float]  # per runtime, the load weighed
     recent: list[float]  # per runtime, the requests routed there lately (decayed)
+    held_chars: list[int]  # per runtime, the bytes of the prompt it holds: its pages, or
+    # up to the previous turn's end where it holds that
 
 
-def rank(held: list[int], loads: list[float], recent: list[float], runtimes: list[Runtime],
-         costs: Costs) -> list[int]:
+def rank(held_chars: list[int], loads: list[float], recent: list[float],
+         runtimes: list[Runtime], costs: Costs) -> list[int]:
     """Runtimes best first: those under the fairness cap, then by expected prefill
     against the others, then load, then the tie number. The expected prefill, in tokens:
     a queued request's for each request that would wait past its running slots, a share
     of one (1 / slots) for each request running there (they split its rounds), and for
-    each recent request above the runtime's mean ``spread_weight`` times such a share
-    (the choice among runtimes that hold the same prefix leans to the least used),
-    less the tokens its held pages cover. route.lua makes the same choice in Redis."""
+    each recent request above the runtime's mean ``spread_weight`` times such a share,
+    less the tokens it holds (``held_chars``). The recent requests only count where the
+    longest prefix is held by more than one runtime (or by none): they lean the choice
+    among equal holders to the least used, and never take a conversation away from the
+    one runtime that holds its history. route.lua makes the same choice in Redis."""
     bound = math.ceil((1.0 + costs.epsilon) * (sum(loads) + 1) / len(loads) - 1e-9)
     mean_recent = sum(recent) / len(recent)
+    most = max(held_chars)
+    lean = costs.spread_weight if held_chars.count(most) > 1 else 0.0
     keyed = []
     per_request = costs.queue_tokens
-    for i, (have, load, lately, runtime) in enumerate(zip(held, loads, recent, runtimes)):
+    for i, (have, load, lately, runtime) in enumerate(zip(held_chars, loads, recent,
+                                                            runtimes)):
         queued = max(0.0, load + 1 - runtime.slots)
-        saved = covered_chars(have, costs.page_chars) / costs.chars_per_token
-        busy = load + costs.spread_weight * (lately - mean_recent)
+        saved = have / costs.chars_per_token
+        busy = load + lean * (lately - mean_recent)
         cost = queued * per_request + busy * per_request / runtime.slots - saved
         keyed.append((load >= bound, cost, load, runtime.tie, i))
     keyed.sort()
@@ -96,8 +108,9 @@ class _Pages:
         self.recent = 0.0  # requests routed here, decayed to recent_at
         self.recent_at = 0.0
 
-    def held(self, capacity: int, pages: list[int]) -> int:
-        """How many leading pages the runtime holds."""
+    def held(self, capacity: int, pages: list[int], ends: Ends,
+             page_chars: int) -> tuple[int, int]:
+        """How many leading pages the runtime holds, and how many bytes of the prompt."""
         sent, oldest = self.sent, self.counter - capacity
         lo, hi = 0, len(pages)
         while lo < hi:  # held pages are a prefix (route.lua says why)
@@ -106,17 +119,25 @@ class _Pages:
                 lo = mid
             else:
                 hi = mid - 1
-        return lo
+        chars = covered_chars(lo, page_chars)
+        if ends.previous_chars > chars and sent.get(ends.previous, oldest) > oldest:
+            chars = ends.previous_chars
+        return lo, chars
 
-    def record(self, capacity: int, held: int, pages: list[int], page_chars: int) -> None:
-        """The pages were sent here, ``held`` of them already held."""
+    def record(self, capacity: int, held: int, pages: list[int], page_chars: int,
+               own_end: int) -> None:
+        """The pages (and the prompt's own end) were sent here, ``held`` of them already
+        held."""
         added = covered_chars(len(pages), page_chars) - covered_chars(held, page_chars)
         before = self.counter
         self.counter += added
         now, sent = self.counter, self.sent
         first_new = covered_chars(held + 1, page_chars)
+        at = now
         for i, page in enumerate(pages, 1):  # as route.lua: a path's leaves age first
-            sent[page] = now - max(0, covered_chars(i, page_chars) - first_new)
+            sent[page] = at = now - max(0, covered_chars(i, page_chars) - first_new)
+        if own_end:
+            sent[own_end] = at
         if now // capacity > before // capacity:  # as route.lua: now and then, drop the aged
             oldest = now - capacity
             self.sent = {page: at for page, at in sent.items() if at > oldest}
@@ -132,30 +153,45 @@ class MemoryPrefixIndex:
 
     def __init__(self, clock=time.monotonic):
         self._runtimes: dict[str, _Pages] = {}
+        self._claims: dict[str, float] = {}  # name -> when the claim ends
         self._clock = clock
 
     def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
-              costs: Costs) -> Route:
+              costs: Costs, ends: Ends = NO_ENDS) -> Route:
         now = self._clock()
         states = [self._runtimes.get(runtime.name) for runtime in runtimes]
-        held = [state.held(runtime.capacity, pages) if state else 0
-                for state, runtime in zip(states, runtimes)]
+        held, held_chars = [], []
+        for state, runtime in zip(states, runtimes):
+            cuts, chars = state.held(runtime.capacity, pages, ends, costs.page_chars) \
+                if state else (0, 0)
+            held.append(cuts)
+            held_chars.append(chars)
         recent = [decayed(state.recent, state.recent_at, now, costs.spread_half_life_s)
                   if state else 0.0 for state in states]
         loads = [runtime.load for runtime in runtimes]
-        order = rank(held, loads, recent, runtimes, costs)
+        order = rank(held_chars, loads, recent, runtimes, costs)
         first = order[0]
         chosen = runtimes[first]
         state = states[first] or self._runtimes.setdefault(chosen.name, _Pages())
-        state.record(chosen.capacity, held[first], pages, costs.page_chars)
+        state.record(chosen.capacity, held[first], pages, costs.page_chars, ends.own)
         state.recent, state.recent_at = recent[first] + 1, now
-        return Route(order, held, loads, recent)
+        return Route(order, held, loads, recent, held_chars)
 
     def release(self, runtime: str, request_id: str) -> None:
         pass  # the caller's loads count its requests already
 
     def clear(self, runtime: str) -> None:
         self._runtimes.pop(runtime, None)
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        now = self._clock()
+        claims = self._claims
+        if claims.get(name, now) > now:
+            return False
+        if len(claims) > 1024:  # the ended ones go now and then
+            self._claims = claims = {k: end for k, end in claims.items() if end > now}
+        claims[name] = now + ttl_s
+        return True
 
     def close(self) -> None:
         pass
@@ -179,7 +215,7 @@ class RedisPrefixIndex:
         return [f"{self.prefix}{runtime}:p", f"{self.prefix}{runtime}:f"]
 
     def route(self, runtimes: list[Runtime], pages: list[int], request_id: str,
-              costs: Costs) -> Route:
+              costs: Costs, ends: Ends = NO_ENDS) -> Route:
         keys, per_runtime = [], []
         for runtime in runtimes:
             keys += self._keys(runtime.name)
@@ -189,12 +225,14 @@ class RedisPrefixIndex:
             costs.page_chars, repr(float(costs.chars_per_token)),
             repr(float(costs.queue_tokens)), repr(float(costs.epsilon)),
             repr(float(costs.spread_weight)), repr(float(costs.spread_half_life_s)),
-            *per_runtime, _packed(pages)])
+            *per_runtime, _packed(pages), _packed((ends.own,)) if ends.own else b"",
+            _packed((ends.previous,)) if ends.previous else b"", ends.previous_chars])
         count = len(runtimes)
         return Route([int(i) - 1 for i in reply[:count]],
                      [int(v) for v in reply[count:2 * count]],
                      [float(v) for v in reply[2 * count:3 * count]],
-                     [float(v) for v in reply[3 * count:]])
+                     [float(v) for v in reply[3 * count:4 * count]],
+                     [int(v) for v in reply[4 * count:]])
 
     def release(self, runtime: str, request_id: str) -> None:
         self._redis.send_command("ZREM", self._keys(runtime)[1], request_id)
@@ -202,6 +240,11 @@ class RedisPrefixIndex:
     def clear(self, runtime: str) -> None:
         """Its pages (what it is running stays counted until released)."""
         self._redis.command("DEL", self._keys(runtime)[0])
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        reply = self._redis.command("SET", f"{self.prefix}claim:{name}", "1", "NX", "PX",
+                                    max(1, int(ttl_s * 1000)))
+        return reply is not None
 
     def close(self) -> None:
         self._redis.close()
