@@ -222,7 +222,7 @@ def start_inferegator(name, sim_urls, policy, replicas, config_dir, storage, opt
     try:
         text = gateway_yaml(sim_urls, storage, policy, options, redis_url)
         for _ in range(replicas):
-            servers.append(GatewayServer(config_dir, text, "--workers", "1"))
+            servers.append(GatewayServer(config_dir, text, "--workers", "1", "--log-level", "info"))
     except BaseException:
         FrontEnd(name, servers, [], None).stop()
         raise
@@ -630,6 +630,10 @@ def main() -> int:
                     result = run_target(front, key, sims, convs, args)
                 finally:
                     row["front_end_log_tail"] = [s.output()[-3000:] for s in front.servers]
+                    # the prefix_index policy's copies of hot system prompts, one line each
+                    row["prefix_copies"] = [line for s in front.servers
+                                            for line in s.output().splitlines()
+                                            if "copied a shared prefix" in line]
                     # None while running; a number means the front end died during the pass
                     row["front_end_exit_codes"] = [s.proc.poll() for s in front.servers]
                     if any(c is not None for c in row["front_end_exit_codes"]):
@@ -647,7 +651,8 @@ def main() -> int:
                 print(f"# {wname:9} {t:18} hit {s['cache_hit_rate']:.1%}  "
                       f"{s['requests_per_s']:.1f} req/s  TTFT p50 {s['ttft_p50_ms']:.0f} "
                       f"p99 {s['ttft_p99_ms']:.0f} ms  CV {s['load_cv']:.2f}  "
-                      f"errors {s['errors']}  wall {s['wall_s']:.0f}s", file=sys.stderr)
+                      f"errors {s['errors']}  wall {s['wall_s']:.0f}s  copies "
+                      f"{len(row['prefix_copies'])}", file=sys.stderr)
     finally:
         if front is not None:
             front.stop()
