@@ -52,7 +52,7 @@ from .prefix_index.pages import (
     cuts_within,
     first_page_hash,
     page_hashes,
-    prompt_ends,
+    prompt_pages,
 )
 from .prefix_index.stores import Costs, Runtime, open_prefix_index
 from .ratelimit.limiter import RateLimiter
@@ -90,6 +90,6 @@ __all__ = [
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
     "may_use", "every", "page_hashes", "covered_chars", "first_page_hash", "open_prefix_index",
     "Runtime", "Costs", "HashRing", "stable_hash", "cuts_within", "shared_head", "copy_target",
-    "prompt_ends",
+    "prompt_pages",
     "StoreUnavailable",
 ]

@@ -52,8 +52,7 @@ from inferegator.plugin import (
     first_page_hash,
     hookimpl,
     open_prefix_index,
-    page_hashes,
-    prompt_ends,
+    prompt_pages,
     shared_head,
     stable_hash,
 )
@@ -181,7 +180,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
         if len(primaries) < 2 or self.index is None:
             return primaries + fallbacks
         text, previous_chars = prompt_turn(request.endpoint, request.body)
-        pages = page_hashes(text, self.page_chars, self.max_pages)
+        pages, ends = prompt_pages(text, self.page_chars, self.max_pages, previous_chars)
         if time.monotonic() < self._down_until:
             return self._by_ring(text, pages, primaries) + fallbacks
         tie = self.random.random
@@ -191,8 +190,7 @@ class PrefixIndexPolicy(RandomizedPolicy):
                       self.lease_s, self.spread_weight, self.spread_half_life_s)
         try:
             self._clear_restarted(primaries, runtimes)
-            route = self.index.route(runtimes, pages, token, costs,
-                                     prompt_ends(text, previous_chars))
+            route = self.index.route(runtimes, pages, token, costs, ends)
         except StoreUnavailable as exc:
             self._down_until = time.monotonic() + RETRY_AFTER_S
             self._warn(exc)

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 import requests
-from inferegator_plugins.routing_prefix_index import prompt_text
+from inferegator_plugins.routing_prefix_index import prompt_text, prompt_turn
 
 from inferegator.prefix_index.copies import copy_target, shared_head
-from inferegator.prefix_index.pages import Ends, cuts_within, page_hashes
+from inferegator.prefix_index.pages import Ends, cuts_within, page_hashes, prompt_pages
 from inferegator.prefix_index.stores import Costs, MemoryPrefixIndex, RedisPrefixIndex, Runtime
 from tests.gateway_fixtures import MODEL, gateway_yaml, provision
 from tests.support.processes import wait_until
@@ -30,6 +30,21 @@ def test_a_next_turn_pages_to_this_turns_pages_and_more():
     # "<|system|>" in common: the cuts at 4 and 8 bytes (64-byte pages), none after them
     assert set(other) & set(one) == set(one[:2])
     assert page_hashes("x" * 1000, 64, 3) == page_hashes("x" * 1000, 64, 1000)[:3]
+
+
+@pytest.mark.parametrize("page_chars, max_pages", [(64, 1000), (64, 6), (4096, 64)])
+def test_a_next_turn_ends_its_previous_part_where_the_last_turn_ended(page_chars, max_pages):
+    first = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi ☃ there."}]
+    second = first + [{"role": "assistant", "content": "Hello! How can I help?"},
+                      {"role": "user", "content": "Tell me about caches."}]
+    text, previous_chars = prompt_turn("chat", {"messages": first})
+    assert previous_chars == 0
+    one_pages, one = prompt_pages(text, page_chars, max_pages, previous_chars)
+    two_text, two_previous_chars = prompt_turn("chat", {"messages": second})
+    two = prompt_pages(two_text, page_chars, max_pages, two_previous_chars)[1]
+    assert one.previous == 0 and one.own != 0 and two.own != one.own
+    assert (two.previous, two.previous_chars) == (one.own, len(text.encode()))
+    assert one_pages == page_hashes(text, page_chars, max_pages)
 
 
 @pytest.fixture(params=["memory", "redis"])

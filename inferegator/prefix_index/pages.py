@@ -55,19 +55,7 @@ def first_page_hash(hashes: list[int]) -> int:
 
 def page_hashes(text: str, page_chars: int, max_pages: int) -> list[int]:
     """The chained hash of the text at each cut it reaches (at most ``max_pages``)."""
-    data = memoryview(text.encode("utf-8", "surrogatepass"))
-    size, start = len(data), 0
-    crc, adler, hashes = 0, 1, []
-    crc32, adler32 = zlib.crc32, zlib.adler32
-    for cut in cut_offsets(page_chars):
-        if cut > size or len(hashes) >= max_pages:
-            break
-        page = data[start:cut]
-        crc, adler = crc32(page, crc), adler32(page, adler)
-        hashes.append(crc << 32 | adler)
-        start = cut
-    return hashes
-
+    return prompt_pages(text, page_chars, max_pages, 0)[0]
 
 class Ends(NamedTuple):
     """A prompt's hash at its own end, and at the end of the previous turn's prompt."""
@@ -77,14 +65,30 @@ class Ends(NamedTuple):
     previous_chars: int  # where it ended, in bytes
 
 
-def _hash(data) -> int:
-    return zlib.crc32(data) << 32 | zlib.adler32(data)
-
-
-def prompt_ends(text: str, previous_chars: int) -> Ends:
-    """The Ends of a text whose first ``previous_chars`` bytes were the previous turn's
-    prompt (0: none)."""
+def prompt_pages(text: str, page_chars: int, max_pages: int,
+                 previous_chars: int) -> tuple[list[int], Ends]:
+    """The text's page hashes (as page_hashes) and its Ends, the first ``previous_chars``
+    bytes being the previous turn's prompt (0: none), in one pass: the ends continue the
+    running hash from the cut before them."""
     data = memoryview(text.encode("utf-8", "surrogatepass"))
-    if 0 < previous_chars < len(data):
-        return Ends(_hash(data), _hash(data[:previous_chars]), previous_chars)
-    return Ends(_hash(data), 0, 0)
+    size, start = len(data), 0
+    crc, adler, hashes = 0, 1, []
+    crc32, adler32 = zlib.crc32, zlib.adler32
+    wanted = previous_chars if 0 < previous_chars < size else 0
+    previous = 0
+    for cut in cut_offsets(page_chars):
+        if cut > size or len(hashes) >= max_pages:
+            break
+        if start < wanted <= cut:
+            part = data[start:wanted]
+            previous = crc32(part, crc) << 32 | adler32(part, adler)
+        page = data[start:cut]
+        crc, adler = crc32(page, crc), adler32(page, adler)
+        hashes.append(crc << 32 | adler)
+        start = cut
+    if wanted > start:  # past the last cut
+        part = data[start:wanted]
+        previous = crc32(part, crc) << 32 | adler32(part, adler)
+    rest = data[start:]
+    own = crc32(rest, crc) << 32 | adler32(rest, adler)
+    return hashes, Ends(own, previous, wanted)
