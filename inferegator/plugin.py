@@ -46,7 +46,7 @@ from .outcome import (
     Usage,
 )
 from .periodic import every
-from .prefix_index.copies import copy_target, shared_head
+from .prefix_index.copies import copy_target, is_hot, shared_head
 from .prefix_index.pages import (
     covered_chars,
     cuts_within,
@@ -90,6 +90,7 @@ __all__ = [
     "DuplicateEmail", "ClaimRefused", "NotFound", "usage_summary", "month_spend", "TTLCache",
     "may_use", "every", "page_hashes", "covered_chars", "first_page_hash", "open_prefix_index",
     "Runtime", "Costs", "HashRing", "stable_hash", "cuts_within", "shared_head", "copy_target",
+    "is_hot",
     "prompt_pages",
     "StoreUnavailable",
 ]

@@ -51,6 +51,7 @@ from inferegator.plugin import (
     cuts_within,
     first_page_hash,
     hookimpl,
+    is_hot,
     open_prefix_index,
     prompt_pages,
     shared_head,
@@ -207,6 +208,8 @@ class PrefixIndexPolicy(RandomizedPolicy):
     def _copy_if_hot(self, messages, pages, route, primaries, runtimes, costs) -> None:
         """Start a copy of the conversation's system prompt to another runtime if its
         holder gets too many requests (inferegator.prefix_index.copies)."""
+        if not is_hot(route.recent, route.order[0], self.copy_above):
+            return  # the common case, before the head is rendered
         head = shared_head(messages)
         if head is None:
             return

@@ -33,6 +33,14 @@ def shared_head(messages) -> list | None:
     return messages[:head]
 
 
+def is_hot(recent: list[float], chosen: int, above: float) -> bool:
+    """Whether the chosen runtime got more than ``(1 + above)`` times the mean recent
+    requests and at least one more than the mean."""
+    mean = sum(recent) / len(recent)
+    lately = recent[chosen]
+    return lately > (1.0 + above) * mean and lately >= mean + 1
+
+
 def copy_target(held: list[int], recent: list[float], head_cuts: int, chosen: int,
                 above: float) -> int | None:
     """The runtime to copy a head of ``head_cuts`` cuts to, or None.
@@ -42,10 +50,9 @@ def copy_target(held: list[int], recent: list[float], head_cuts: int, chosen: in
     one more than the mean, and some runtime that lacks it got fewer than the mean: the
     one of those that got the fewest.
     """
-    mean = sum(recent) / len(recent)
-    lately = recent[chosen]
-    if held[chosen] < head_cuts or lately <= (1.0 + above) * mean or lately < mean + 1:
+    if held[chosen] < head_cuts or not is_hot(recent, chosen, above):
         return None
+    mean = sum(recent) / len(recent)
     lacking = [(recent[i], i) for i, have in enumerate(held) if have < head_cuts]
     if not lacking:
         return None
